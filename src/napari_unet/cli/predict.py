@@ -1,0 +1,89 @@
+"""``napari-unet predict INPUT -o OUTPUT``: segment a scan into a label image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import DEVICE_CHOICES, CLIError, ProgressBar, check_device, check_output, load_model_or_fail, read_image
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment a scan and write a uint8 label image",
+        description=(
+            "Segment INPUT (2D grey, 2D RGB or a 3D stack; .tif/.tiff, .npy, .png/.jpg, "
+            ".nii/.nii.gz, DICOM, .zarr) and write OUTPUT, a uint8 label image with the "
+            "input's spatial shape (Z,Y,X for stacks); the format follows OUTPUT's extension."
+        ),
+    )
+    p.add_argument("input", help="image file (or DICOM folder / .zarr)")
+    p.add_argument("-o", "--output", required=True, help="label image to write (.tif, .npy, .png, .nii.gz, .zarr)")
+    p.add_argument("--model", default=None, help="model folder or bundled model name (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default: auto)")
+    p.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default: 512)")
+    p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction (default: 0.125)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default: 4)")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        help="numeric precision (default: auto = float16 on GPUs, bfloat16 on CPUs with native support, else float32)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_unet.core.predict import PredictOptions, image_layout, predict_iter, spatial_shape
+    from napari_unet.io import IOErrorMessage, labels_output
+
+    try:
+        options = PredictOptions(
+            tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+            precision=args.precision,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    output = check_output(args.output, args.overwrite)
+    check_device(args.device)
+    scan = read_image(args.input)
+    try:
+        layout = image_layout(tuple(scan.data.shape), rgb=scan.rgb if scan.rgb else None)
+    except ValueError as exc:
+        raise CLIError(f"{args.input}: {exc}") from exc
+    model = load_model_or_fail(args.model, device="cpu")
+    spatial = spatial_shape(tuple(scan.data.shape), layout)
+    try:
+        sink = labels_output(output, spatial, like=scan, overwrite=args.overwrite)
+    except IOErrorMessage as exc:
+        raise CLIError(str(exc)) from exc
+    bar = ProgressBar("predict", delay=0.0 if not args.quiet else 1e9)
+    generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"), out=sink.array)
+    try:
+        while True:
+            try:
+                event = next(generator)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            bar.update(event.done, event.total)
+        bar.close()
+        sink.commit()
+    except (ValueError, IOErrorMessage) as exc:
+        sink.abort()
+        raise CLIError(str(exc)) from exc
+    except BaseException:
+        sink.abort()
+        raise
+    if not args.quiet:
+        counts = {c.name: int((result.labels == c.id).sum()) for c in model.config.classes if c.id}
+        found = ", ".join(f"{name} {n} px" for name, n in counts.items())
+        print(
+            f"wrote {output} {tuple(spatial)} with {model.name} on {result.device} "
+            f"({result.precision}) in {result.seconds:.2f}s: {found}",
+            file=sys.stderr,
+        )
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return 0

@@ -1,0 +1,170 @@
+"""Model configuration: architecture, classes, input handling, provenance.
+
+Everything a model folder's ``config.json`` holds is described here as frozen
+dataclasses with documented defaults, so a model is fully described by data
+and never by pickled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+
+#: Norm layers the U-Net knows. ``batch`` folds into the convolutions at
+#: inference time (fastest on CPU); ``instance``/``group`` are independent of
+#: batch size; ``none`` is the original 2015 architecture.
+NORMS = ("batch", "instance", "group", "none")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a 2D U-Net (Ronneberger, Fischer & Brox, 2015).
+
+    ``depth`` is the number of 2x2 max-pool steps, so inputs must be
+    divisible by ``2**depth`` (the predictor pads other sizes). Channel width
+    doubles at every level, starting from ``base_channels`` and capped at
+    ``max_channels``.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 3
+    depth: int = 4
+    base_channels: int = 12
+    max_channels: int = 256
+    norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if not 0 <= self.depth <= 7:
+            raise ValueError(f"depth must be between 0 and 7, got {self.depth}")
+        if self.base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes must be a multiple of this (``2**depth``)."""
+        return 2**self.depth
+
+    def widths(self) -> list[int]:
+        """Channel width of every level, from full resolution to the bottleneck."""
+        return [min(self.base_channels * 2**level, self.max_channels) for level in range(self.depth + 1)]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: its label id, a human name and an RGBA colour (hex)."""
+
+    id: int
+    name: str
+    color: str
+
+    def rgba(self) -> tuple[float, float, float, float]:
+        """Colour as floats in [0, 1] (``#rrggbb`` or ``#rrggbbaa``)."""
+        text = self.color.lstrip("#")
+        if len(text) == 6:
+            text += "ff"
+        if len(text) != 8:
+            raise ValueError(f"class {self.name!r}: colour {self.color!r} is not #rrggbb[aa]")
+        return tuple(int(text[i : i + 2], 16) / 255.0 for i in range(0, 8, 2))  # type: ignore[return-value]
+
+
+#: The product's classes: 0 background, 1 tumor, 2 nerve (nerve/vessel-like).
+DEFAULT_CLASSES: tuple[ClassInfo, ...] = (
+    ClassInfo(0, "background", "#00000000"),
+    ClassInfo(1, "tumor", "#ff3b30"),
+    ClassInfo(2, "nerve", "#ffd60a"),
+)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How raw pixels become network input.
+
+    Intensities are mapped with robust percentiles (``low``..``high`` -> 0..1,
+    computed per image and per channel), so a CT in Hounsfield units, a
+    uint16 MRI and a uint8 photo all reach the network on the same scale.
+    ``rgb`` says how a colour image feeds a grey model: ``luminance`` or one
+    channel (``red``/``green``/``blue``). A grey image feeding an RGB model is
+    repeated over the channels.
+    """
+
+    low_percentile: float = 1.0
+    high_percentile: float = 99.5
+    rgb: str = "luminance"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
+        if self.rgb not in ("luminance", "red", "green", "blue"):
+            raise ValueError(f"rgb must be luminance/red/green/blue, got {self.rgb!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything ``config.json`` holds about a model folder."""
+
+    name: str
+    architecture: UNetConfig = field(default_factory=UNetConfig)
+    classes: tuple[ClassInfo, ...] = DEFAULT_CLASSES
+    input: InputConfig = field(default_factory=InputConfig)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        ids = [c.id for c in self.classes]
+        if ids != list(range(len(ids))):
+            raise ValueError(f"class ids must be 0..N-1 in order, got {ids}")
+        if len(self.classes) != self.architecture.num_classes:
+            raise ValueError(
+                f"{len(self.classes)} classes named but the network has "
+                f"{self.architecture.num_classes} outputs"
+            )
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {c.id: c.name for c in self.classes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "architecture": {"type": "unet2d", **dataclasses.asdict(self.architecture)},
+            "classes": [dataclasses.asdict(c) for c in self.classes],
+            "input": dataclasses.asdict(self.input),
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        version = int(data.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"model format version {version} is newer than this napari-unet "
+                f"understands ({FORMAT_VERSION}); upgrade napari-unet"
+            )
+        arch = dict(data.get("architecture", {}))
+        kind = arch.pop("type", "unet2d")
+        if kind != "unet2d":
+            raise ValueError(f"unknown architecture type {kind!r}")
+        try:
+            return cls(
+                name=str(data["name"]),
+                architecture=UNetConfig(**arch),
+                classes=tuple(ClassInfo(**c) for c in data["classes"]),
+                input=InputConfig(**data.get("input", {})),
+                provenance=dict(data.get("provenance", {})),
+                format_version=FORMAT_VERSION,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"config.json is missing or has an unknown field: {exc}") from exc
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

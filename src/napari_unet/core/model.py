@@ -1,0 +1,177 @@
+"""The U-Net of Ronneberger, Fischer & Brox (2015), with 'same' padding.
+
+Per level: two 3x3 convolutions, each followed by a norm and ReLU; 2x2
+max-pooling down; 2x2 transposed convolution up; the skip connection is
+concatenated; a 1x1 convolution maps to class logits. With 'same' padding the
+output has the input's size for any size divisible by ``2**depth``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .config import UNetConfig
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.Identity()
+
+
+class ConvBlock(nn.Sequential):
+    """Two (3x3 conv -> norm -> ReLU) steps."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
+        bias = norm == "none"
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Encoder(nn.Module):
+    """Contracting path: returns the feature map of every level."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        widths = config.widths()
+        in_widths = [config.in_channels, *widths[:-1]]
+        self.blocks = nn.ModuleList(ConvBlock(i, o, config.norm) for i, o in zip(in_widths, widths))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for level, block in enumerate(self.blocks):
+            if level:
+                x = self.pool(x)
+            x = block(x)
+            features.append(x)
+        return features
+
+
+class Decoder(nn.Module):
+    """Expanding path: up-convolution, skip concatenation, conv block."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        widths = config.widths()
+        self.ups = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for level in reversed(range(config.depth)):
+            deep, skip = widths[level + 1], widths[level]
+            self.ups.append(nn.ConvTranspose2d(deep, skip, kernel_size=2, stride=2))
+            self.blocks.append(ConvBlock(2 * skip, skip, config.norm))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for up, block, skip in zip(self.ups, self.blocks, reversed(features[:-1])):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return x
+
+
+class UNet(nn.Module):
+    """encoder -> decoder -> 1x1 head, producing per-pixel class logits."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.head = nn.Conv2d(config.widths()[0], config.num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.config.divisor
+        if x.shape[-1] % d or x.shape[-2] % d:
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} is not divisible by {d} "
+                f"(2**depth); pad it (the predictor does this for you)"
+            )
+        return self.head(self.decoder(self.encoder(x)))
+
+    def freeze_encoder(self) -> None:
+        """Stop training the contracting path, norm statistics included."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder.eval()
+
+    def add_classes(self, extra: int) -> None:
+        """Grow the 1x1 head by ``extra`` output channels, keeping learned ones."""
+        old = self.head
+        new = nn.Conv2d(old.in_channels, old.out_channels + extra, kernel_size=1)
+        with torch.no_grad():
+            new.weight[: old.out_channels] = old.weight
+            new.bias[: old.out_channels] = old.bias
+            new.weight[old.out_channels :].normal_(0.0, 0.01)
+            # start new classes unlikely, so old predictions are unchanged
+            new.bias[old.out_channels :] = old.bias.min() - 4.0
+        self.head = new.to(old.weight.device)
+        from dataclasses import replace
+
+        self.config = replace(self.config, num_classes=old.out_channels + extra)
+
+
+def set_norm_eval(module: nn.Module) -> None:
+    """Put every norm layer in eval mode (fixed statistics), e.g. for fine-tuning
+    with tiny batches where batch statistics would be noise."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def fuse_batchnorm(net: UNet) -> nn.Module:
+    """A copy of ``net`` for inference with every BatchNorm folded into the
+    preceding convolution (one memory pass fewer per layer)."""
+    fused = copy.deepcopy(net).eval()
+    for block in fused.modules():
+        if not isinstance(block, ConvBlock):
+            continue
+        layers = list(block)
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nn.BatchNorm2d) and isinstance(layers[i - 1], nn.Conv2d):
+                conv = layers[i - 1]
+                scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(layer.running_mean)
+                with torch.no_grad():
+                    new_conv = nn.Conv2d(
+                        conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=True
+                    )
+                    new_conv.weight.copy_(conv.weight * scale[:, None, None, None])
+                    new_conv.bias.copy_((bias - layer.running_mean) * scale + layer.bias)
+                block[i - 1] = new_conv
+                block[i] = nn.Identity()
+    return fused
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def conv_flops(config: UNetConfig, height: int, width: int) -> float:
+    """Floating-point operations (2 per multiply-add) of one forward pass."""
+    widths = config.widths()
+    flops = 0.0
+    pixels = height * width
+    in_w = config.in_channels
+    for level, w in enumerate(widths):
+        p = pixels / 4**level
+        flops += 2 * 9 * (in_w * w + w * w) * p
+        in_w = w
+    for level in reversed(range(config.depth)):
+        deep, skip = widths[level + 1], widths[level]
+        p = pixels / 4**level
+        flops += 2 * deep * skip * p  # 2x2 transposed conv: `deep` MACs per output value
+        flops += 2 * 9 * (2 * skip * skip + skip * skip) * p
+    flops += 2 * widths[0] * config.num_classes * pixels
+    return flops

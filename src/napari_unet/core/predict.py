@@ -1,0 +1,354 @@
+"""Tiled (sliding-window) prediction with smooth blending.
+
+``predict_iter`` is a generator: it yields :class:`PredictProgress` after
+every batch of tiles (a cancel point for napari's ``thread_worker``) and
+returns a :class:`Prediction`. ``predict`` runs it to the end.
+
+Planes are read one at a time from the source array (NumPy, memory-mapped
+TIFF, zarr or dask), so a volume larger than memory streams through when an
+``out`` array (zarr, memmap) receives the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
+from .model import fuse_batchnorm
+from .normalize import normalize_slice, percentile_range
+from .tiling import blend_weights, tile_grid, tile_size_for
+
+log = logging.getLogger(__name__)
+
+#: Spatial layouts the predictor understands (colour last, as napari has it).
+LAYOUTS = {"YX": "2D grey", "YXC": "2D colour (RGB)", "ZYX": "3D stack", "ZYXC": "3D colour stack"}
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Knobs of tiled prediction; the defaults suit the bundled model on a CPU.
+
+    ``tile`` is the tile edge in pixels (rounded up to the network's divisor and
+    shrunk for small images); ``overlap`` the fraction of a tile shared with its
+    neighbour; ``batch_size`` how many tiles run at once (halved on
+    out-of-memory); ``precision`` ``auto`` chooses float16 on GPUs and bfloat16
+    on CPUs that compute it natively.
+    """
+
+    tile: int = 512
+    overlap: float = 0.125
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    return_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tile < 16:
+            raise ValueError(f"tile must be at least 16 pixels, got {self.tile}")
+        if not 0 <= self.overlap < 0.9:
+            raise ValueError(f"overlap must be in [0, 0.9), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class PredictProgress:
+    """``done`` of ``total`` tiles are predicted."""
+
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    device: str = "cpu"
+    precision: str = "float32"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def image_layout(shape: tuple[int, ...], rgb: bool | None = None) -> str:
+    """Name the layout of an image shape, or raise ``ValueError`` saying what is accepted."""
+    ndim = len(shape)
+    if rgb is None:
+        rgb = ndim in (3, 4) and shape[-1] == 3
+        if ndim == 3 and shape[-1] == 4:
+            raise ValueError(f"shape {shape} looks like RGBA; drop the alpha channel (use RGB)")
+    if rgb and shape[-1] != 3:
+        raise ValueError(f"colour images need 3 channels (RGB) last, got shape {shape}")
+    layout = {(2, False): "YX", (3, True): "YXC", (3, False): "ZYX", (4, True): "ZYXC"}.get((ndim, bool(rgb)))
+    if layout is None:
+        raise ValueError(
+            f"cannot segment an image of shape {shape}: expected 2D (Y,X), RGB (Y,X,3), "
+            f"or a 3D stack (Z,Y,X); pick one channel or time point of a 4D/5D image first"
+        )
+    if any(s == 0 for s in shape):
+        raise ValueError(f"the image is empty (shape {shape})")
+    return layout
+
+
+def spatial_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    return tuple(shape[:-1]) if layout.endswith("C") else tuple(shape)
+
+
+# ------------------------------------------------------------------- the engine
+class _TileRunner:
+    """Runs batches of tiles through the network, halving the batch on OOM."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int):
+        self.net = net
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.notes: list[str] = []
+        self.channels_last = device.type == "cpu"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (N,C,H,W) float32 for a batch of inputs (N,C,H,W)."""
+        outputs = []
+        start = 0
+        while start < len(batch):
+            chunk = batch[start : start + self.batch_size]
+            try:
+                outputs.append(self._run(chunk))
+                start += len(chunk)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                empty_cache(self.device)
+                if self.batch_size > 1:
+                    self.batch_size = max(1, self.batch_size // 2)
+                    self.notes.append(f"out of memory: tile batch reduced to {self.batch_size}")
+                    log.warning(self.notes[-1])
+                elif self.device.type != "cpu":
+                    self.notes.append(f"out of memory on {self.device.type} with one tile: continuing on the CPU")
+                    log.warning(self.notes[-1])
+                    self.device = torch.device("cpu")
+                    self.net = self.net.to("cpu")
+                    self.dtype = torch.float32
+                    self.channels_last = True
+                else:
+                    raise
+        return np.concatenate(outputs, axis=0)
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            logits = self.net(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+@dataclass
+class _PlaneAccumulator:
+    index: int
+    size: tuple[int, int]
+    probs: np.ndarray
+    weight: np.ndarray
+    remaining: int
+
+
+def prepare_network(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """An inference copy of ``net``: norms folded, eval mode, on ``device``."""
+    from .model import UNet
+
+    ready = fuse_batchnorm(net) if isinstance(net, UNet) else net
+    ready = ready.eval().to(device)
+    if device.type == "cpu":
+        ready = ready.to(memory_format=torch.channels_last)
+    return ready
+
+
+def predict_planes(
+    planes: Iterator[np.ndarray],
+    num_planes: int,
+    plane_shape: tuple[int, int],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    divisor: int,
+    options: PredictOptions,
+) -> Generator[PredictProgress | tuple[int, np.ndarray], None, None]:
+    """Core sliding window over a sequence of normalised planes (C,Y,X).
+
+    Yields progress events and ``(index, probabilities)`` for each finished
+    plane (probabilities (C,Y,X) float32). ``predictor`` maps a batch
+    (N,C,h,w) to probabilities (N,K,h,w); any callable works, so tiling never
+    depends on the model class.
+    """
+    height, width = plane_shape
+    th = tile_size_for(height, options.tile, divisor)
+    tw = tile_size_for(width, options.tile, divisor)
+    padded = (max(height, th), max(width, tw))
+    windows = tile_grid(padded, (th, tw), options.overlap)
+    weights = blend_weights((th, tw))
+    total = num_planes * len(windows)
+    done = 0
+    open_planes: dict[int, _PlaneAccumulator] = {}
+    pending: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
+
+    def flush():
+        nonlocal done
+        batch = np.stack([tile for _, _, tile in pending])
+        probs = predictor(batch)
+        finished = []
+        for (index, window, _), p in zip(pending, probs):
+            acc = open_planes[index]
+            if acc.probs.shape[0] != p.shape[0]:
+                acc.probs = np.zeros((p.shape[0], *padded), np.float32)
+            acc.probs[(slice(None), *window)] += p * weights
+            acc.weight[window] += weights
+            acc.remaining -= 1
+            if acc.remaining == 0:
+                finished.append(index)
+        done += len(pending)
+        pending.clear()
+        results = []
+        for index in finished:
+            acc = open_planes.pop(index)
+            out = acc.probs[:, :height, :width] / acc.weight[None, :height, :width]
+            results.append((index, out))
+        return results
+
+    for index, plane in enumerate(planes):
+        pad = ((0, 0), (0, padded[0] - height), (0, padded[1] - width))
+        if pad[1][1] or pad[2][1]:
+            plane = np.pad(plane, pad, mode="reflect" if min(height, width) > 1 else "edge")
+        open_planes[index] = _PlaneAccumulator(
+            index, padded, np.zeros((1, *padded), np.float32), np.zeros(padded, np.float32), len(windows)
+        )
+        for window in windows:
+            pending.append((index, window, plane[(slice(None), *window)]))
+            if len(pending) >= options.batch_size:
+                yield from flush()
+                yield PredictProgress(done, total)
+    if pending:
+        yield from flush()
+        yield PredictProgress(done, total)
+
+
+def predict_iter(
+    image,
+    model,
+    options: PredictOptions | None = None,
+    *,
+    rgb: bool | None = None,
+    intensity_ranges: np.ndarray | None = None,
+    out=None,
+) -> Generator[PredictProgress, None, Prediction]:
+    """Segment ``image`` with ``model`` tile by tile.
+
+    ``image``: (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3), any array supporting
+    slicing (NumPy, memmap, zarr, dask). ``model``: a :class:`SegmentationModel`.
+    ``intensity_ranges``: precomputed normalisation (e.g. from the whole volume
+    when only one slice is segmented). ``out``: optional array receiving the
+    labels plane by plane (for volumes larger than memory).
+    """
+    options = options or PredictOptions()
+    start = time.perf_counter()
+    layout = image_layout(tuple(image.shape), rgb)
+    is_rgb = layout.endswith("C")
+    spatial = spatial_shape(tuple(image.shape), layout)
+    config = model.config
+    arch = config.architecture
+    if is_rgb and arch.in_channels not in (1, 3):
+        raise ValueError(f"model expects {arch.in_channels} channels; it cannot read an RGB image")
+    device = resolve_device(options.device)
+    dtype = resolve_precision(options.precision, device)
+    ranges = intensity_ranges if intensity_ranges is not None else percentile_range(image, config.input, is_rgb)
+    net = prepare_network(model.net, device)
+    runner = _TileRunner(net, device, dtype, options.batch_size)
+
+    volume = layout.startswith("Z")
+    num_planes = spatial[0] if volume else 1
+    plane_shape = spatial[-2:]
+    if out is None:
+        labels = np.zeros(spatial, dtype=np.uint8)
+    else:
+        if tuple(out.shape) != tuple(spatial):
+            raise ValueError(f"output shape {tuple(out.shape)} differs from the image's {spatial}")
+        labels = out
+    probabilities = (
+        np.zeros((arch.num_classes, *spatial), np.float32) if options.return_probabilities else None
+    )
+
+    def planes() -> Iterator[np.ndarray]:
+        for z in range(num_planes):
+            plane = np.asarray(image[z] if volume else image)
+            yield normalize_slice(plane, ranges, arch.in_channels, config.input)
+
+    for event in predict_planes(planes(), num_planes, plane_shape, runner, arch.divisor, options):
+        if isinstance(event, PredictProgress):
+            yield event
+            continue
+        index, probs = event
+        plane_labels = probs.argmax(axis=0).astype(np.uint8)
+        if volume:
+            labels[index] = plane_labels
+            if probabilities is not None:
+                probabilities[:, index] = probs
+        else:
+            labels[...] = plane_labels
+            if probabilities is not None:
+                probabilities[...] = probs
+    return Prediction(
+        labels=labels,
+        probabilities=probabilities,
+        device=runner.device.type,
+        precision=str(runner.dtype).replace("torch.", ""),
+        seconds=time.perf_counter() - start,
+        notes=runner.notes,
+    )
+
+
+def run_to_end(generator: Generator, callback: Callable | None = None):
+    """Drive a progress generator to its return value, passing events to ``callback``."""
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)
+
+
+def predict(
+    image,
+    model=None,
+    *,
+    tile: int = 512,
+    overlap: float = 0.125,
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: str = "auto",
+    return_probabilities: bool = False,
+    rgb: bool | None = None,
+    progress: Callable[[PredictProgress], None] | None = None,
+    out=None,
+) -> Prediction:
+    """Segment an image with a model (the default bundled model when ``None``).
+
+    Returns a :class:`Prediction` with ``labels`` (uint8, the image's spatial
+    shape) and, on request, ``probabilities`` (classes first, float32).
+    """
+    from .weights import load_model
+
+    model = load_model(model) if not hasattr(model, "net") else model
+    options = PredictOptions(
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        return_probabilities=return_probabilities,
+    )
+    return run_to_end(predict_iter(image, model, options, rgb=rgb, out=out), progress)
+

@@ -1,0 +1,247 @@
+"""The Segment widget: choose an image, a model and a device; press Segment.
+
+Prediction runs in napari's ``thread_worker`` with a progress bar and a Cancel
+button. The result is a Labels layer named after the image, with the model's
+class names and colours and the image's scale and translate. A result the
+user has edited is never overwritten: a new layer is made instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons, create_widget
+
+from ._common import (
+    META_KEY,
+    LayerProblem,
+    check_image_layer,
+    class_features,
+    labels_colormap,
+    labels_digest,
+    run_generator,
+    show_info,
+    show_warning,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+FOLDER_CHOICE = "model folder below…"
+SCOPE_ALL = "whole image / stack"
+SCOPE_SLICE = "slice on screen (3D)"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def model_choices(_widget=None) -> list[tuple[str, str]]:
+    """Bundled models, then the user's saved versions, then 'a folder'."""
+    from napari_unet.core.weights import bundled_model_names, default_model_name
+
+    choices: list[tuple[str, str]] = []
+    default = default_model_name()
+    for name in bundled_model_names():
+        label = f"{name} (bundled{', default' if name == default else ''})"
+        choices.insert(0 if name == default else len(choices), (label, name))
+    try:
+        from napari_unet.core.versions import ModelStore
+
+        for version in ModelStore().list_versions():
+            choices.append((f"{version.name} (yours)", str(version.path)))
+    except Exception:  # noqa: BLE001 - a broken user store must not break the widget
+        pass
+    choices.append((FOLDER_CHOICE, FOLDER_CHOICE))
+    return choices
+
+
+def result_layer_name(image_name: str) -> str:
+    return f"{image_name} segmentation"
+
+
+def find_result_layer(viewer, image_name: str):
+    """The segmentation layer made from ``image_name`` (the newest), or None."""
+    found = None
+    for layer in viewer.layers:
+        meta = layer.metadata.get(META_KEY, {}) if hasattr(layer, "metadata") else {}
+        if meta.get("role") == "segmentation" and meta.get("image_layer") == image_name:
+            found = layer
+    return found
+
+
+def was_edited(layer) -> bool:
+    """Whether the user changed a result layer since the plugin last wrote it."""
+    meta = layer.metadata.get(META_KEY, {})
+    return meta.get("digest") != labels_digest(layer.data)
+
+
+def current_plane(viewer, layer) -> int:
+    """Index along the first data axis of ``layer`` that the viewer shows now."""
+    data_point = layer.world_to_data(viewer.dims.point[-layer.ndim :] if viewer.dims.ndim >= layer.ndim else viewer.dims.point)
+    z = int(round(float(data_point[0])))
+    return int(np.clip(z, 0, layer.data.shape[0] - 1))
+
+
+def segment_job(data, rgb: bool, model_source: str | None, device: str, plane: int | None, tile: int):
+    """The worker: load the model, normalise over the whole image, predict.
+
+    Yields ``("status", text)`` and ``PredictProgress``; returns
+    ``(model_config, labels, plane)``.
+    """
+    from napari_unet.core.normalize import percentile_range
+    from napari_unet.core.predict import PredictOptions, predict_iter
+    from napari_unet.core.weights import load_model
+
+    yield ("status", "loading model…")
+    model = load_model(model_source, device="cpu")
+    yield ("status", "measuring intensities…")
+    ranges = percentile_range(data, model.config.input, rgb)
+    image = data if plane is None else data[plane]
+    options = PredictOptions(device=device, tile=tile)
+    result = yield from predict_iter(image, model, options, rgb=rgb, intensity_ranges=ranges)
+    return model.config, result.labels, plane
+
+
+class SegmentWidget(Container):
+    """Dock widget: segment the chosen image with a U-Net."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        import napari
+
+        super().__init__()
+        self._viewer = viewer
+        self._worker = None
+        self._job: dict[str, Any] = {}
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.model = ComboBox(label="model", choices=model_choices)
+        self.model_folder = FileEdit(label="model folder", mode="d", value="")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.scope = RadioButtons(label="segment", choices=(SCOPE_ALL, SCOPE_SLICE), value=SCOPE_ALL)
+        self.segment_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
+        self.status = Label(value="")
+        self.extend(
+            [self.image, self.model, self.model_folder, self.device, self.scope,
+             self.segment_button, self.cancel_button, self.progress, self.status]
+        )
+        self.model.changed.connect(self._on_model_choice)
+        self.segment_button.changed.connect(self.segment)
+        self.cancel_button.changed.connect(self.cancel)
+        self._on_model_choice()
+
+    # ---------------------------------------------------------------- actions
+    def _on_model_choice(self, *_: Any) -> None:
+        self.model_folder.visible = self.model.value == FOLDER_CHOICE
+
+    def _model_source(self) -> str | None:
+        if self.model.value == FOLDER_CHOICE:
+            folder = str(self.model_folder.value or "")
+            if folder in ("", "."):
+                raise LayerProblem("Choose a model folder (it holds weights.safetensors and config.json).")
+            return folder
+        return self.model.value
+
+    def segment(self, *_: Any):
+        """Start segmenting; returns the worker (None if the input is unusable)."""
+        layer = self.image.value
+        try:
+            check_image_layer(layer)
+            source = self._model_source()
+        except LayerProblem as exc:
+            show_warning(str(exc))
+            return None
+        data = layer.data[0] if layer.multiscale else layer.data
+        spatial_ndim = data.ndim - (1 if layer.rgb else 0)
+        plane = current_plane(self._viewer, layer) if (self.scope.value == SCOPE_SLICE and spatial_ndim == 3) else None
+        self._set_running(True)
+        self.status.value = "starting…"
+        self._job: dict[str, Any] = {"outcome": None, "layer": layer, "plane": plane, "data_shape": data.shape, "rgb": layer.rgb}
+        self._worker = run_generator(
+            segment_job, data, layer.rgb, source, self.device.value, plane, 512,
+            on_yield=self._on_progress, on_return=self._on_result,
+            on_error=self._on_error, on_finish=self._on_finish,
+        )
+        return self._worker
+
+    def cancel(self, *_: Any) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.value = "cancelling…"
+
+    # -------------------------------------------------------------- callbacks
+    def _on_progress(self, event) -> None:
+        if isinstance(event, tuple):
+            self.status.value = event[1]
+            return
+        self.progress.visible = True
+        self.progress.max = max(1, event.total)
+        self.progress.value = event.done
+        self.status.value = f"{event.done}/{event.total} tiles"
+
+    def _on_error(self, exc: BaseException) -> None:
+        from napari_unet.core.weights import ModelError
+
+        self._job["outcome"] = "error"
+        message = str(exc) if isinstance(exc, ValueError | ModelError) else f"{type(exc).__name__}: {exc}"
+        self.status.value = "failed"
+        show_warning(f"Segmentation failed: {message}")
+
+    def _on_finish(self) -> None:
+        if self._job.get("outcome") is None:
+            self.status.value = "cancelled: nothing was changed"
+        self._set_running(False)
+        self._worker = None
+
+    def _set_running(self, running: bool) -> None:
+        self.segment_button.enabled = not running
+        self.cancel_button.enabled = running
+        if not running:
+            self.progress.visible = False
+
+    def _on_result(self, result) -> None:
+        config, labels, plane = result
+        self._job["outcome"] = "done"
+        layer = self._job["layer"]
+        layer_out = self._store_result(layer, config, labels, plane)
+        counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
+        where = f"slice {plane}" if plane is not None else "image"
+        self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
+        self._viewer.layers.selection.active = layer_out
+
+    def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None):
+        """Put the prediction in a Labels layer, never overwriting user edits."""
+        full_shape = tuple(self._job["data_shape"][:-1] if self._job["rgb"] else self._job["data_shape"])
+        existing = find_result_layer(self._viewer, image_layer.name)
+        if existing is not None and tuple(existing.data.shape) == full_shape and not was_edited(existing):
+            if plane is None:
+                existing.data = labels
+            else:
+                existing.data[plane] = labels
+                existing.refresh()
+            target = existing
+        else:
+            if existing is not None:
+                show_info(
+                    f"'{existing.name}' has your edits, so it was kept; the new result is a new layer."
+                )
+            data = labels if plane is None else np.zeros(full_shape, np.uint8)
+            if plane is not None:
+                data[plane] = labels
+            target = self._viewer.add_labels(
+                data,
+                name=result_layer_name(image_layer.name),
+                scale=image_layer.scale[-len(full_shape):],
+                translate=image_layer.translate[-len(full_shape):],
+                colormap=labels_colormap(config.classes),
+                features=class_features(config.classes),
+                opacity=0.6,
+            )
+        target.metadata[META_KEY] = {
+            **target.metadata.get(META_KEY, {}),
+            "role": "segmentation",
+            "image_layer": image_layer.name,
+            "model": config.name,
+            "classes": {c.id: c.name for c in config.classes},
+            "digest": labels_digest(target.data),
+        }
+        return target

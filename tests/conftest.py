@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and small synthetic images keep tests fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Keep napari's settings and caches inside the repository's ignored area, and
+# never touch the real user's model folder.
+_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "test-home"
+for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache"), ("XDG_DATA_HOME", "data")):
+    os.environ.setdefault(var, str(_CACHE / sub))
+os.environ.setdefault("NAPARI_UNET_MODELS_DIR", str(_CACHE / "models"))
+
+
+@pytest.fixture
+def tiny_config():
+    from napari_unet.core.config import ModelConfig, UNetConfig
+
+    return ModelConfig(
+        name="tiny-test",
+        architecture=UNetConfig(in_channels=1, num_classes=3, depth=2, base_channels=4, norm="batch"),
+    )
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    """A two-level U-Net with 4 channels (randomly initialised, seeded)."""
+    from napari_unet.core.weights import new_model
+
+    model = new_model(tiny_config, seed=0)
+    model.net.eval()
+    return model
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_model, tmp_path):
+    from napari_unet.core.weights import save_model
+
+    return save_model(tiny_model, tmp_path / "tiny-model")
+
+
+@pytest.fixture
+def blob_image():
+    """A 2D grey image (61 x 75, odd sizes) with a bright disc and a dark line."""
+    yy, xx = np.mgrid[:61, :75]
+    image = 100 + 5 * np.random.default_rng(0).standard_normal((61, 75))
+    image[(yy - 30) ** 2 + (xx - 25) ** 2 < 81] += 80
+    image[:, 50:52] -= 60
+    return image.astype(np.float32)
