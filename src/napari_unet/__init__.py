@@ -30,3 +30,41 @@ def predict(image, model=None, **kwargs):
     from .core.predict import predict as _predict
 
     return _predict(image, model, **kwargs)
+
+
+__all__ += ["finetune", "finetune_iter"]
+
+
+def finetune(
+    image,
+    labels,
+    mask=None,
+    model=None,
+    *,
+    max_seconds=None,
+    steps=None,
+    device="auto",
+    seed=0,
+    replay=None,
+    events=None,
+    **kwargs,
+):
+    """Fine-tune a copy of ``model`` (default: the bundled model) on the trusted
+    pixels of ``labels`` (``mask`` nonzero; ``None``: all) and return the new
+    model; ``events`` receives one training event per step. See
+    :func:`napari_unet.core.finetune.finetune` for ``replay``, ``add_classes``,
+    ``options`` and ``return_result``."""
+    from .core.finetune import finetune as _finetune
+
+    return _finetune(
+        image, labels, mask, model, max_seconds=max_seconds, steps=steps, device=device, seed=seed,
+        replay=replay, events=events, **kwargs,
+    )
+
+
+def finetune_iter(image, labels, mask=None, model=None, **kwargs):
+    """Generator version of :func:`finetune` for napari's ``thread_worker``:
+    yields one event per step and returns a ``FinetuneResult``."""
+    from .core.finetune import finetune_iter as _finetune_iter
+
+    return _finetune_iter(image, labels, mask, model, **kwargs)

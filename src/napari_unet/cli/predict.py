@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import DEVICE_CHOICES, CLIError, ProgressBar, check_device, check_output, load_model_or_fail, read_image
+from .common import (
+    DEVICE_CHOICES,
+    CLIError,
+    ProgressBar,
+    check_device,
+    check_output,
+    load_model_or_fail,
+    read_image,
+)
 
 
 def add_parser(subparsers) -> None:

@@ -62,9 +62,11 @@ def masked_ce_dice_loss(
     # untrusted labels may be out of range; replace them by a valid id they never count
     safe_target = torch.where(trusted, target.long(), torch.zeros_like(target, dtype=torch.long))
 
+    # untrusted logits are replaced before any arithmetic: even an inf or NaN
+    # there then yields an exact zero gradient instead of poisoning the weights
+    logits = torch.where(trusted[:, None], logits, torch.zeros_like(logits))
     log_probs = F.log_softmax(logits, dim=1)
     pixel_ce = -log_probs.gather(1, safe_target[:, None]).squeeze(1)
-    # torch.where, not a product: an inf/NaN logit at an untrusted pixel must not leak
     pixel_ce = torch.where(trusted, pixel_ce * weight, torch.zeros_like(pixel_ce))
     total_weight = weight.sum()
     ce = pixel_ce.sum() / total_weight.clamp_min(1e-6) if mask is not None else pixel_ce.mean()

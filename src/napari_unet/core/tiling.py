@@ -53,11 +53,12 @@ def blend_weights(tile_shape: tuple[int, int], sigma_scale: float = 0.125) -> np
     for n in tile_shape:
         centre = (n - 1) / 2
         sigma = max(n * sigma_scale, 1e-3)
-        axes.append(np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2))
+        profile = np.exp(-0.5 * ((np.arange(n) - centre) / sigma) ** 2)
+        # never zero (every pixel needs some weight, also at the image border);
+        # the floor is applied per axis so that along an image border, where
+        # all tiles are at their edge in one axis, the other axis still decides
+        axes.append(np.maximum(profile / profile.max(), 1e-3))
     weights = np.outer(axes[0], axes[1]).astype(np.float32)
-    weights /= weights.max()
-    # never zero: every pixel needs some weight, also at the image border
-    weights = np.maximum(weights, 1e-3)
     weights.setflags(write=False)
     return weights
 

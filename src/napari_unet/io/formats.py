@@ -1,18 +1,35 @@
-"""Readers and writers by format. TIFF, NumPy and PNG/JPEG are handled here;
-NIfTI, DICOM and zarr live in their own modules."""
+"""Reading scans and writing labels by format (chosen from the extension).
+
+Readers return every axis of the file (``Scan.leading_axes`` names the
+non-spatial ones); :func:`read_scans` / :func:`read_scan` then pick one
+volume of a 4D/5D file with ``index``. TIFF, NIfTI, DICOM and zarr live in
+their own modules; NumPy and PNG/JPEG are here.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .base import IOErrorMessage, Scan, ScanMeta, atomic_path, format_of
+from .output import (
+    LabelsOutput,
+    MemoryLabelsOutput,
+    TiffLabelsOutput,
+    ZarrLabelsOutput,
+    scan_meta,
+)
+
+Index = int | Sequence[int] | None
 
 
-def read_scans(path: str | os.PathLike) -> list[Scan]:
-    """Every scan in ``path`` (a DICOM folder may hold several series)."""
+def read_all_axes(path: str | os.PathLike) -> list[Scan]:
+    """Every scan in ``path`` with all its axes (4D/5D kept); for viewers."""
     path = Path(path)
     if not path.exists():
         raise IOErrorMessage(f"{path} does not exist")
@@ -20,84 +37,181 @@ def read_scans(path: str | os.PathLike) -> list[Scan]:
     reader = _READERS.get(kind)
     if reader is None:
         raise IOErrorMessage(f"{path}: reading {kind} is not supported in this build")
+    if kind != "dicom" and kind != "zarr" and path.is_dir():
+        raise IOErrorMessage(f"{path} is a folder, not a {kind} file")
     scans = reader(path)
     return scans if isinstance(scans, list) else [scans]
 
 
-def read_scan(path: str | os.PathLike) -> Scan:
+def read_scans(path: str | os.PathLike, index: Index = None) -> list[Scan]:
+    """Every scan in ``path`` (a DICOM folder may hold several series), each 2D or 3D.
+
+    ``index`` picks one volume of a 4D/5D file (see :func:`select_index`);
+    without it such a file is an error that says how to choose.
+    """
+    return [select_index(scan, index) for scan in read_all_axes(path)]
+
+
+def read_scan(path: str | os.PathLike, index: Index = None) -> Scan:
     """The one scan in ``path``; a folder with several DICOM series is an error that names them."""
-    scans = read_scans(path)
+    scans = read_scans(path, index)
     if len(scans) > 1:
-        names = ", ".join(s.name for s in scans)
-        raise IOErrorMessage(f"{path} holds {len(scans)} series ({names}); choose one")
+        names = ", ".join(repr(s.name) for s in scans)
+        raise IOErrorMessage(
+            f"{path} holds {len(scans)} series ({names}); open one series' folder or one of its files"
+        )
     return scans[0]
 
 
-def write_labels(path: str | os.PathLike, labels, like: Scan | None = None, overwrite: bool = False) -> Path:
-    """Write a label image, atomically, keeping ``like``'s geometry when the format can."""
+def select_index(scan: Scan, index: Index) -> Scan:
+    """The 2D/3D volume of ``scan`` at ``index`` on its leading (time/channel) axes.
+
+    ``index`` is an int (for one leading axis, or counting volumes in order
+    over several) or one int per leading axis. A scan with no leading axes is
+    returned as is when ``index`` is ``None`` or 0.
+    """
+    leading = scan.leading_axes
+    shape = tuple(int(s) for s in scan.data.shape)
+    if not leading:
+        if index in (None, 0, (0,), ()):
+            return scan
+        raise IOErrorMessage(f"{scan.source or scan.name}: index {index} given but the scan is {len(shape)}D {shape}")
+    counts = shape[: len(leading)]
+    described = " x ".join(f"{n} {_AXIS_WORDS.get(a, 'volumes')}" for a, n in zip(leading, counts))
+    if index is None:
+        raise IOErrorMessage(
+            f"{scan.source or scan.name} is {len(shape)}D (shape {shape}: {described}); "
+            f"pick one volume with index=N (0..{int(np.prod(counts)) - 1}; CLI --index N)"
+        )
+    if isinstance(index, int | np.integer):
+        if not 0 <= int(index) < int(np.prod(counts)):
+            raise IOErrorMessage(
+                f"{scan.source or scan.name}: index {index} is out of range 0..{int(np.prod(counts)) - 1} ({described})"
+            )
+        position = tuple(int(i) for i in np.unravel_index(int(index), counts))
+    else:
+        position = tuple(int(i) for i in index)
+        if len(position) != len(counts) or any(not 0 <= p < n for p, n in zip(position, counts)):
+            raise IOErrorMessage(f"{scan.source or scan.name}: index {tuple(index)} does not fit {described}")
+    data = scan.data[position]
+    label = ",".join(f"{a.lower()}={p}" for a, p in zip(leading, position))
+    extra = {k: v for k, v in scan.meta.extra.items() if k != "pyramid"}
+    extra["index"] = dict(zip(leading, position))
+    return replace(scan, data=data, name=f"{scan.name} [{label}]", leading_axes="", meta=replace(scan.meta, extra=extra))
+
+
+_AXIS_WORDS = {"T": "time points", "C": "channels", "Q": "volumes", "I": "images"}
+
+
+# ------------------------------------------------------------------- writing
+def _labels_dtype(labels) -> np.dtype:
+    """The smallest unsigned/signed integer dtype holding ``labels`` (read lazily if dask)."""
+    dtype = np.dtype(getattr(labels, "dtype", np.uint8))
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise IOErrorMessage(f"labels must be integers, got {dtype}")
+    if dtype in (np.uint8, np.uint16) and np.issubdtype(dtype, np.integer):
+        return dtype
+    low, high = _extent(labels)
+    for candidate in (np.uint8, np.uint16, np.int16, np.int32, np.int64):
+        info = np.iinfo(candidate)
+        if info.min <= low and high <= info.max:
+            return np.dtype(candidate)
+    raise IOErrorMessage(f"labels range {low}..{high} does not fit an integer type")
+
+
+def _extent(labels) -> tuple[int, int]:
+    if hasattr(labels, "compute"):
+        import dask
+
+        low, high = dask.compute(labels.min(), labels.max())
+    else:
+        data = np.asarray(labels)
+        if data.size == 0:
+            return 0, 0
+        low, high = data.min(), data.max()
+    if not (np.isfinite(low) and np.isfinite(high)) or low != np.round(low) or high != np.round(high):
+        raise IOErrorMessage("labels must be whole numbers")
+    return int(low), int(high)
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels,
+    like: Scan | ScanMeta | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a label image atomically, keeping ``like``'s geometry when the format can.
+
+    ``labels`` is (Y,X) or (Z,Y,X), a NumPy, zarr or dask array; zarr and
+    TIFF are written plane by plane (a lazy array is never loaded whole).
+    Refuses an existing ``path`` unless ``overwrite``.
+    """
+    path = Path(path)
     kind = format_of(path)
+    meta = scan_meta(like)
+    if kind in _STREAMING:
+        shape = tuple(int(s) for s in labels.shape)
+        with labels_output(path, shape, like=meta, overwrite=overwrite, dtype=_labels_dtype(labels)) as sink:
+            if len(shape) == 2:
+                sink.array[...] = np.asarray(labels)
+            else:
+                for z in range(shape[0]):
+                    sink.array[z] = np.asarray(labels[z])
+        return path
     writer = _WRITERS.get(kind)
     if writer is None:
         raise IOErrorMessage(f"{path}: writing labels as {kind} is not supported")
-    return writer(Path(path), labels, like.meta if like is not None else ScanMeta(), overwrite)
+    return writer(path, labels, meta, overwrite)
 
 
-# ------------------------------------------------------------------------ TIFF
-def _read_tiff(path: Path) -> Scan:
-    import tifffile
+def labels_output(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    like: Scan | ScanMeta | None = None,
+    overwrite: bool = False,
+    dtype=np.uint8,
+) -> LabelsOutput:
+    """An output for labels of ``shape``: fill ``.array`` plane by plane
+    (``out[z] = plane``), then ``commit()`` (atomic) or ``abort()`` (nothing written).
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            data = series.asarray()
-            spacing = _tiff_spacing(tif, data.ndim)
-    except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
-        raise IOErrorMessage(f"{path}: not a readable TIFF ({exc})") from exc
-    rgb = data.ndim in (3, 4) and data.shape[-1] in (3, 4)
-    return Scan(data=data, meta=ScanMeta(spacing=spacing), name=_stem(path), rgb=rgb, source=str(path))
-
-
-def _tiff_spacing(tif, ndim: int) -> tuple[float, ...] | None:
-    """(Z,)Y,X spacing from ImageJ metadata and resolution tags, when present."""
-    try:
-        page = tif.pages[0]
-        xres = page.tags.get("XResolution")
-        yres = page.tags.get("YResolution")
-        if xres is None or yres is None:
-            return None
-        sx = xres.value[1] / xres.value[0]
-        sy = yres.value[1] / yres.value[0]
-        ij = tif.imagej_metadata or {}
-        if "spacing" in ij:
-            return (float(ij["spacing"]), sy, sx)
-        return (sy, sx)
-    except (ZeroDivisionError, TypeError, AttributeError, KeyError):
-        return None
-
-
-def _write_tiff(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
-    import tifffile
-
-    data = np.asarray(labels)
-    kwargs = {}
-    if meta.spacing and len(meta.spacing) >= 2 and all(s > 0 for s in meta.spacing):
-        kwargs["resolution"] = (1.0 / meta.spacing[-1], 1.0 / meta.spacing[-2])
-        if data.ndim == 3 and len(meta.spacing) == 3:
-            kwargs["metadata"] = {"spacing": float(meta.spacing[0]), "axes": "ZYX"}
-        kwargs["imagej"] = data.dtype in (np.uint8, np.uint16, np.float32)
-    with atomic_path(path, overwrite) as tmp:
-        tifffile.imwrite(tmp, data, **kwargs)
-    return path
+    zarr and TIFF outputs stream each plane to disk (bounded memory); NIfTI,
+    NumPy and PNG keep the labels in memory until commit. An existing ``path``
+    is refused now unless ``overwrite``; an unknown extension fails before any
+    work is done. ``output.label_counts()`` gives voxels per label.
+    """
+    path = Path(path)
+    kind = format_of(path)
+    shape = tuple(int(s) for s in shape)
+    meta = scan_meta(like)
+    if len(shape) not in (2, 3):
+        raise IOErrorMessage(f"{path}: labels must be 2D or 3D, got shape {shape}")
+    if meta.shape is not None and tuple(meta.shape) != shape:
+        raise IOErrorMessage(
+            f"{path}: labels shape {shape} differs from the scan's {tuple(meta.shape)}; its geometry would not fit"
+        )
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise IOErrorMessage(f"{path} already exists (pass --overwrite to replace it)")
+    if kind == "zarr":
+        return ZarrLabelsOutput(path, shape, meta, overwrite, dtype)
+    if kind == "tiff":
+        return TiffLabelsOutput(path, shape, meta, overwrite, dtype)
+    writer = _WRITERS.get(kind)
+    if writer is None:
+        raise IOErrorMessage(f"{path}: writing labels as {kind} is not supported")
+    return MemoryLabelsOutput(path, shape, meta, overwrite, writer, dtype)
 
 
 # ----------------------------------------------------------------- NumPy / PNG
 def _read_npy(path: Path) -> Scan:
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise IOErrorMessage(f"{path}: not a readable .npy array ({exc})") from exc
     rgb = data.ndim in (3, 4) and data.shape[-1] in (3, 4)
-    return Scan(data=data, name=_stem(path), rgb=rgb, source=str(path))
+    leading = "Q" * max(0, data.ndim - (4 if rgb else 3))
+    return Scan(data=data, name=path.stem, rgb=rgb, source=str(path), leading_axes=leading)
 
 
 def _write_npy(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
@@ -115,7 +229,7 @@ def _read_png(path: Path) -> Scan:
     except (ValueError, OSError, SyntaxError) as exc:
         raise IOErrorMessage(f"{path}: not a readable image ({exc})") from exc
     rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
-    return Scan(data=data, name=_stem(path), rgb=rgb, source=str(path))
+    return Scan(data=data, name=path.stem, rgb=rgb, source=str(path))
 
 
 def _write_png(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
@@ -124,47 +238,55 @@ def _write_png(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
     data = np.asarray(labels)
     if data.ndim != 2:
         raise IOErrorMessage(f"{path}: PNG holds 2D labels only; use .tif, .nii.gz or .zarr for stacks")
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise IOErrorMessage(f"{path}: PNG labels must be 0..255; use .tif, .nii.gz or .zarr")
     with atomic_path(path, overwrite) as tmp:
         imsave(str(tmp), data.astype(np.uint8), check_contrast=False)
     return path
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".ome.zarr", ".ome.tif", ".ome.tiff"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+def _read_tiff(path: Path) -> list[Scan]:
+    from .tiff import read_tiff
+
+    return read_tiff(path)
 
 
-_READERS = {"tiff": _read_tiff, "npy": _read_npy, "png": _read_png}
-_WRITERS = {"tiff": _write_tiff, "npy": _write_npy, "png": _write_png}
+def _read_nifti(path: Path) -> list[Scan]:
+    from .nifti import read_nifti
+
+    return read_nifti(path)
 
 
-# ------------------------------------------------------------ streamed output
-class LabelsOutput:
-    """Where the predictor writes labels plane by plane (``out[z] = plane``).
+def _write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
+    from .nifti import write_nifti
 
-    This in-memory version writes the file at :meth:`commit`; formats that can
-    stream (zarr, TIFF) use their own output so memory stays bounded.
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, ...], like: Scan | None, overwrite: bool):
-        if path.exists() and not overwrite:
-            raise IOErrorMessage(f"{path} already exists (pass --overwrite to replace it)")
-        self.path, self.like, self.overwrite = path, like, overwrite
-        self.array = np.zeros(shape, dtype=np.uint8)
-
-    def commit(self) -> Path:
-        return write_labels(self.path, self.array, like=self.like, overwrite=self.overwrite)
-
-    def abort(self) -> None:
-        self.array = None
+    return write_nifti(path, labels, meta, overwrite)
 
 
-def labels_output(path: str | os.PathLike, shape: tuple[int, ...], like: Scan | None = None, overwrite: bool = False):
-    """An output for labels of ``shape``: fill ``.array`` (plane by plane), then
-    ``commit()`` (atomic) or ``abort()`` (nothing written)."""
-    path = Path(path)
-    format_of(path)  # unknown extensions fail before any work is done
-    return LabelsOutput(path, tuple(shape), like, overwrite)
+def _read_dicom(path: Path) -> list[Scan]:
+    from .dicom import read_dicom
+
+    return read_dicom(path)
+
+
+def _read_zarr(path: Path) -> list[Scan]:
+    from .zarrio import read_zarr
+
+    return read_zarr(path)
+
+
+_READERS: dict[str, Callable[[Path], Any]] = {
+    "tiff": _read_tiff,
+    "npy": _read_npy,
+    "png": _read_png,
+    "nifti": _read_nifti,
+    "dicom": _read_dicom,
+    "zarr": _read_zarr,
+}
+_WRITERS: dict[str, Callable[[Path, Any, ScanMeta, bool], Path]] = {
+    "npy": _write_npy,
+    "png": _write_png,
+    "nifti": _write_nifti,
+}
+#: Formats whose labels are written plane by plane through :func:`labels_output`.
+_STREAMING = ("tiff", "zarr")

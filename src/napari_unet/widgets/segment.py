@@ -8,10 +8,20 @@ user has edited is never overwritten: a new layer is made instead.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons, create_widget
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    create_widget,
+)
 
 from ._common import (
     META_KEY,
@@ -111,6 +121,7 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self._worker = None
         self._job: dict[str, Any] = {}
+        self._tile = 512
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ComboBox(label="model", choices=model_choices)
         self.model_folder = FileEdit(label="model folder", mode="d", value="")
@@ -135,10 +146,12 @@ class SegmentWidget(Container):
 
     def _model_source(self) -> str | None:
         if self.model.value == FOLDER_CHOICE:
-            folder = str(self.model_folder.value or "")
-            if folder in ("", "."):
-                raise LayerProblem("Choose a model folder (it holds weights.safetensors and config.json).")
-            return folder
+            folder = Path(str(self.model_folder.value or ""))
+            if not (folder / "config.json").is_file():
+                raise LayerProblem(
+                    f"Choose a model folder: '{folder}' does not hold config.json and weights.safetensors."
+                )
+            return str(folder)
         return self.model.value
 
     def segment(self, *_: Any):
@@ -157,7 +170,7 @@ class SegmentWidget(Container):
         self.status.value = "starting…"
         self._job: dict[str, Any] = {"outcome": None, "layer": layer, "plane": plane, "data_shape": data.shape, "rgb": layer.rgb}
         self._worker = run_generator(
-            segment_job, data, layer.rgb, source, self.device.value, plane, 512,
+            segment_job, data, layer.rgb, source, self.device.value, plane, self._tile,
             on_yield=self._on_progress, on_return=self._on_result,
             on_error=self._on_error, on_finish=self._on_finish,
         )

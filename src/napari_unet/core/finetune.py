@@ -1,0 +1,645 @@
+"""Fine-tuning a model on a user's corrections (trusted pixels only).
+
+::
+
+    result = run_to_end(finetune_iter(image, labels, mask, model, max_seconds=60))
+    new_model = result.model          # a copy; ``model`` is left untouched
+
+``image`` is 2D (Y,X), RGB (Y,X,3), a stack (Z,Y,X) or a colour stack
+(Z,Y,X,3); ``labels`` has the image's spatial shape and holds class ids;
+``mask`` is nonzero where a label is trusted (painted, erased, filled, or on a
+reviewed slice); without a mask every pixel is trusted. Only slices with
+trusted pixels are used, and the loss ignores every untrusted pixel.
+
+How a round works:
+
+1. Every slice with trusted pixels becomes a :class:`Correction` (the slice
+   normalised with the model's ``config.input``, its labels and mask) and
+   goes into a :class:`ReplayBuffer`, replacing an older version of the same
+   slice of the same image; corrections of earlier rounds stay in the buffer,
+   so the model does not forget them.
+2. A spatially blocked part of each slice's trusted pixels (about 15%, whole
+   square blocks, with a guard band the training pixels stay out of) is held
+   back as validation; the split of a slice is fixed once drawn.
+3. Training crops are centred on trusted training pixels (half of them
+   class-balanced), so a few brush strokes are seen as often as a whole
+   reviewed slice; light augmentation; AdamW with warm-up and cosine decay;
+   batch-norm statistics frozen (tiny batches).
+4. It stops on the time budget (default 60 s on a CPU, 20 s on a GPU), a step
+   count, or early when validation Dice stops improving, and returns the
+   weights with the best validation Dice.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment_sample
+from .config import ClassInfo
+from .device import resolve_device
+from .normalize import normalize_slice, percentile_range
+from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
+from .weights import SegmentationModel
+
+#: Default time budgets in seconds.
+CPU_SECONDS = 60.0
+GPU_SECONDS = 20.0
+
+#: Colours given to classes added by ``add_classes`` (cycled).
+_NEW_CLASS_COLOURS = ("#30d158", "#0a84ff", "#bf5af2", "#ff9f0a", "#64d2ff", "#ff375f")
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Knobs of a fine-tuning round; defaults suit a CPU and the bundled model.
+
+    ``crop_size`` is the edge of a training crop in pixels (rounded up to the
+    network's divisor, shrunk for small slices); ``val_fraction`` the share of
+    trusted blocks held back for validation; ``val_block`` the largest block
+    edge (smaller blocks are used when the corrections are small);
+    ``max_val_blocks`` bounds validation cost; ``patience`` counts validation
+    checks without improvement before an early stop.
+    """
+
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 4
+    crop_size: int = 128
+    warmup_steps: int = 5
+    val_every: int = 10
+    patience: int | None = 8
+    val_fraction: float = 0.15
+    val_block: int = 64
+    max_val_blocks: int = 48
+    freeze_encoder: bool = False
+    norm_eval: bool = True
+    dice_weight: float = 1.0
+    precision: str = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig.light)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 0.9:
+            raise ValueError(f"val_fraction must be in [0, 0.9), got {self.val_fraction}")
+        if self.crop_size < 8:
+            raise ValueError(f"crop_size must be at least 8, got {self.crop_size}")
+        if self.val_block < 4:
+            raise ValueError(f"val_block must be at least 4, got {self.val_block}")
+
+
+@dataclass
+class Correction:
+    """One corrected slice, ready for training (arrays owned by the buffer)."""
+
+    key: str
+    plane: np.ndarray  # (C, H, W) float32, normalised
+    labels: np.ndarray  # (H, W) int64
+    train_mask: np.ndarray  # (H, W) float32
+    val_mask: np.ndarray  # (H, W) bool
+    val_blocks: list[tuple[int, int, int]]  # (y0, x0, edge) of held-back blocks
+    round: int
+    train_coords: np.ndarray = field(init=False, repr=False)
+    class_coords: dict[int, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ys, xs = np.nonzero(self.train_mask > 0)
+        self.train_coords = np.stack([ys, xs], axis=1).astype(np.int32)
+        classes = self.labels[ys, xs]
+        self.class_coords = {int(c): np.flatnonzero(classes == c) for c in np.unique(classes)}
+
+    @property
+    def trusted_pixels(self) -> int:
+        return int(len(self.train_coords) + self.val_mask.sum())
+
+
+class ReplayBuffer:
+    """Corrections kept across fine-tuning rounds of one session.
+
+    Keep one per session and pass it to every round: earlier corrections stay
+    in the training (and validation) set, so a later round does not undo what
+    an earlier one learned. A slice corrected again replaces its older
+    version. ``max_slices`` bounds memory: the oldest corrections go first.
+    """
+
+    def __init__(self, max_slices: int = 256) -> None:
+        self.max_slices = max_slices
+        self.entries: dict[str, Correction] = {}
+        self.rounds = 0
+        self.channels: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def trusted_pixels(self) -> int:
+        return sum(e.trusted_pixels for e in self.entries.values())
+
+    def add(self, correction: Correction) -> None:
+        if self.channels is not None and correction.plane.shape[0] != self.channels:
+            raise ValueError(
+                f"the replay buffer holds {self.channels}-channel corrections; this model reads "
+                f"{correction.plane.shape[0]} channels (start a new buffer for a new model type)"
+            )
+        self.channels = correction.plane.shape[0]
+        self.entries.pop(correction.key, None)
+        self.entries[correction.key] = correction
+        while len(self.entries) > self.max_slices:
+            self.entries.pop(next(iter(self.entries)))
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.rounds = 0
+        self.channels = None
+
+
+@dataclass
+class FinetuneResult:
+    """The outcome of one round. ``model`` is a new model (a copy)."""
+
+    model: SegmentationModel
+    val_dice_before: float | None
+    val_dice_after: float | None
+    trusted_pixels: int
+    slices: int
+    seconds: float
+    history: list[TrainEvent]
+    steps: int = 0
+    stop_reason: str = ""
+    validation_pixels: int = 0
+    replay_slices: int = 0
+    train: TrainResult | None = None
+
+
+# ------------------------------------------------------------- preparation
+def _layout(image: np.ndarray, labels: np.ndarray) -> tuple[bool, bool]:
+    """(is_volume, is_rgb) for an image/labels pair, or a clear ValueError."""
+    from .predict import image_layout, spatial_shape
+
+    layout = image_layout(tuple(image.shape))
+    spatial = spatial_shape(tuple(image.shape), layout)
+    if tuple(labels.shape) != tuple(spatial):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} differs from the image's spatial shape {tuple(spatial)}"
+        )
+    return layout.startswith("Z"), layout.endswith("C")
+
+
+def _block_split(
+    trusted: np.ndarray, rng: np.random.Generator, options: FinetuneOptions
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    """Hold back whole blocks of trusted pixels: (train_mask, val_mask, blocks).
+
+    The block edge shrinks (down to 8 px) until at least 10 blocks hold
+    trusted pixels, so small corrections still get a split; fewer than 3
+    blocks means no validation for this slice. Training pixels keep a guard
+    band of ``edge // 8`` pixels away from validation blocks, so labels of a
+    held-back block do not leak through neighbouring training pixels.
+    """
+    h, w = trusted.shape
+    empty = np.zeros_like(trusted, dtype=bool)
+    if options.val_fraction == 0:
+        return trusted.astype(np.float32), empty, []
+    edge = options.val_block
+    while True:
+        counts = _block_counts(trusted, edge)
+        occupied = np.argwhere(counts > 0)
+        if len(occupied) >= 10 or edge <= 8:
+            break
+        edge //= 2
+    if len(occupied) < 3:
+        return trusted.astype(np.float32), empty, []
+    n_val = max(1, int(round(options.val_fraction * len(occupied))))
+    chosen = occupied[rng.choice(len(occupied), size=n_val, replace=False)]
+    val_region = np.zeros_like(trusted, dtype=bool)
+    guard_region = np.zeros_like(trusted, dtype=bool)
+    guard = max(1, edge // 8)
+    blocks = []
+    for by, bx in chosen:
+        y0, x0 = int(by) * edge, int(bx) * edge
+        val_region[y0 : y0 + edge, x0 : x0 + edge] = True
+        guard_region[max(0, y0 - guard) : y0 + edge + guard, max(0, x0 - guard) : x0 + edge + guard] = True
+        blocks.append((y0, x0, edge))
+    val_mask = trusted & val_region
+    train_mask = trusted & ~guard_region
+    if not train_mask.any():  # never hold back everything
+        return trusted.astype(np.float32), empty, []
+    return train_mask.astype(np.float32), val_mask, blocks
+
+
+def _block_counts(trusted: np.ndarray, edge: int) -> np.ndarray:
+    h, w = trusted.shape
+    ph, pw = -h % edge, -w % edge
+    padded = np.pad(trusted, ((0, ph), (0, pw)))
+    return padded.reshape((h + ph) // edge, edge, (w + pw) // edge, edge).sum(axis=(1, 3))
+
+
+def _fingerprint(plane: np.ndarray) -> str:
+    data = np.ascontiguousarray(plane)
+    digest = hashlib.blake2b(data.tobytes(), digest_size=12)
+    digest.update(str((data.shape, data.dtype.str)).encode())
+    return digest.hexdigest()
+
+
+def _check_classes(trusted_labels: np.ndarray, model: SegmentationModel, add_classes: bool) -> int:
+    """How many classes must be added (0 if none); raises for bad ids."""
+    if trusted_labels.size == 0:
+        return 0
+    low, high = int(trusted_labels.min()), int(trusted_labels.max())
+    if low < 0:
+        raise ValueError(f"labels must be class ids >= 0, found {low}")
+    k = model.config.architecture.num_classes
+    if high < k:
+        return 0
+    if not add_classes:
+        names = ", ".join(f"{c.id} {c.name}" for c in model.config.classes)
+        raise ValueError(
+            f"the labels use class id {high}, but model {model.config.name!r} knows only "
+            f"{k} classes ({names}); fine-tune with add_classes=True to add a class"
+        )
+    return high - k + 1
+
+
+def _grow_classes(model: SegmentationModel, extra: int) -> None:
+    """Add ``extra`` output classes to ``model`` (head channels + config)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.net.add_classes(extra)
+    old = model.config
+    k = old.architecture.num_classes
+    classes = list(old.classes) + [
+        ClassInfo(k + i, f"class {k + i}", _NEW_CLASS_COLOURS[(k + i) % len(_NEW_CLASS_COLOURS)]) for i in range(extra)
+    ]
+    model.config = old.replace(architecture=model.net.config, classes=tuple(classes))
+
+
+def _round_up(value: int, divisor: int) -> int:
+    return int(math.ceil(value / divisor) * divisor)
+
+
+def _crop(entry: Correction, y0: int, x0: int, size: int, mask: np.ndarray) -> Batch:
+    """A ``size`` x ``size`` window at (y0, x0) that may stick out of the slice:
+    outside pixels are mirrored in the image and untrusted."""
+    _, h, w = entry.plane.shape
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(h, y0 + size), min(w, x0 + size)
+    pad = ((ys - y0, y0 + size - ye), (xs - x0, x0 + size - xe))
+    image = entry.plane[:, ys:ye, xs:xe]
+    labels = entry.labels[ys:ye, xs:xe]
+    weights = mask[ys:ye, xs:xe]
+    if any(p for pair in pad for p in pair):
+        mode = "reflect" if min(image.shape[1:]) > max(max(pad[0]), max(pad[1])) else "symmetric"
+        try:
+            image = np.pad(image, ((0, 0), *pad), mode=mode)
+        except ValueError:
+            image = np.pad(image, ((0, 0), *pad), mode="edge")
+        labels = np.pad(labels, pad)
+        weights = np.pad(weights, pad)
+    return image, labels, weights
+
+
+class CorrectionSampler:
+    """``sample_batch`` for :func:`~napari_unet.core.train.train_iter`: crops
+    centred on trusted training pixels of the buffer's corrections."""
+
+    def __init__(self, entries: list[Correction], crop: int, augment: AugmentConfig) -> None:
+        self.entries = [e for e in entries if len(e.train_coords)]
+        if not self.entries:
+            raise ValueError("no trusted pixels left for training")
+        self.crop = crop
+        self.augment = augment
+        # square-root weighting: a few brush strokes on one slice still count
+        weights = np.sqrt([len(e.train_coords) for e in self.entries])
+        self.weights = weights / weights.sum()
+
+    def __call__(self, rng: np.random.Generator, n: int) -> Batch:
+        xs, ys, ms = [], [], []
+        for _ in range(n):
+            entry = self.entries[int(rng.choice(len(self.entries), p=self.weights))]
+            if rng.random() < 0.5 and len(entry.class_coords) > 1:
+                # class-balanced: a random class first, then one of its pixels
+                members = list(entry.class_coords.values())[int(rng.integers(len(entry.class_coords)))]
+                index = int(members[rng.integers(len(members))])
+            else:
+                index = int(rng.integers(len(entry.train_coords)))
+            cy, cx = entry.train_coords[index]
+            jitter = self.crop // 4
+            y0 = int(cy) - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))
+            x0 = int(cx) - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))
+            image, labels, mask = _crop(entry, y0, x0, self.crop, entry.train_mask)
+            image, labels, mask = augment_sample(image, labels, mask, rng, self.augment)
+            xs.append(image)
+            ys.append(labels)
+            ms.append(mask)
+        return np.stack(xs), np.stack(ys).astype(np.int64), np.stack(ms)
+
+
+def validation_batches(entries: list[Correction], divisor: int, max_blocks: int, batch: int = 8) -> list[Batch]:
+    """Crops around the held-back blocks (with context), masked to validation
+    pixels, in batches of equal-size crops. At most ``max_blocks`` blocks
+    (an even subsample of them) keep the cost of a validation check bounded."""
+    blocks = [(e, b) for e in entries for b in e.val_blocks]
+    if not blocks:
+        return []
+    if len(blocks) > max_blocks:
+        keep = np.linspace(0, len(blocks) - 1, max_blocks).round().astype(int)
+        blocks = [blocks[i] for i in keep]
+    by_size: dict[int, list[Batch]] = {}
+    for entry, (y0, x0, edge) in blocks:
+        margin = max(16, edge // 2)
+        size = _round_up(edge + 2 * margin, divisor)
+        offset = (size - edge) // 2
+        mask = np.zeros(entry.labels.shape, np.float32)
+        mask[y0 : y0 + edge, x0 : x0 + edge] = entry.val_mask[y0 : y0 + edge, x0 : x0 + edge]
+        by_size.setdefault(size, []).append(_crop(entry, y0 - offset, x0 - offset, size, mask))
+    batches = []
+    for crops in by_size.values():
+        for i in range(0, len(crops), batch):
+            part = crops[i : i + batch]
+            batches.append(
+                (
+                    np.stack([c[0] for c in part]).astype(np.float32),
+                    np.stack([c[1] for c in part]).astype(np.int64),
+                    np.stack([c[2] for c in part]).astype(np.float32),
+                )
+            )
+    return batches
+
+
+def prepare_corrections(
+    image,
+    labels,
+    mask,
+    model: SegmentationModel,
+    options: FinetuneOptions,
+    seed: int,
+    round_index: int,
+) -> tuple[list[Correction], int]:
+    """Normalise every slice with trusted pixels into a :class:`Correction`.
+
+    Returns the corrections and the number of trusted pixels. Raises
+    ``ValueError`` for mismatched shapes or when nothing is trusted.
+    """
+    image = np.asarray(image) if not hasattr(image, "shape") else image
+    labels = np.asarray(labels)
+    volume, rgb = _layout(image, labels)
+    if mask is None:
+        trusted_all = np.ones(labels.shape, dtype=bool)
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != labels.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from the labels shape {labels.shape}")
+        trusted_all = mask != 0
+    total = int(trusted_all.sum())
+    if total == 0:
+        raise ValueError("no trusted pixels: correct some pixels or mark a slice reviewed first")
+    config = model.config
+    ranges = percentile_range(image, config.input, rgb)
+    planes = range(labels.shape[0]) if volume else [None]
+    corrections = []
+    for z in planes:
+        trusted = trusted_all[z] if z is not None else trusted_all
+        if not trusted.any():
+            continue
+        raw = np.asarray(image[z] if z is not None else image)
+        plane = normalize_slice(raw, ranges, config.architecture.in_channels, config.input)
+        slice_labels = np.asarray(labels[z] if z is not None else labels)
+        key = f"{_fingerprint(raw)}:{z if z is not None else 0}"
+        split_rng = np.random.default_rng([seed, int(key[:8], 16)])
+        train_mask, val_mask, blocks = _block_split(trusted, split_rng, options)
+        safe_labels = np.where(trusted, slice_labels, 0).astype(np.int64)
+        corrections.append(
+            Correction(
+                key=key,
+                plane=np.ascontiguousarray(plane, dtype=np.float32),
+                labels=safe_labels,
+                train_mask=train_mask,
+                val_mask=val_mask,
+                val_blocks=blocks,
+                round=round_index,
+            )
+        )
+    return corrections, total
+
+
+# ------------------------------------------------------------------ the round
+def finetune_iter(
+    image,
+    labels,
+    mask=None,
+    model: SegmentationModel | str | None = None,
+    *,
+    max_seconds: float | None = None,
+    steps: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    replay: ReplayBuffer | None = None,
+    add_classes: bool = False,
+    options: FinetuneOptions | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Generator[TrainEvent, None, FinetuneResult]:
+    """Fine-tune a copy of ``model`` on the trusted pixels, one event per step.
+
+    Args:
+        image: (Y,X), (Y,X,3), (Z,Y,X) or (Z,Y,X,3) raw intensities.
+        labels: class ids, the image's spatial shape.
+        mask: nonzero where ``labels`` is trusted; ``None`` trusts every pixel.
+        model: the model to start from (left unchanged); a folder or bundled
+            name is loaded; ``None`` loads the default bundled model.
+        max_seconds: time budget; default 60 s on a CPU, 20 s on a GPU (only
+            when ``steps`` is not given either).
+        steps: step budget (with ``max_seconds``, whichever comes first).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        seed: seeds the validation split, crops and augmentation.
+        replay: a :class:`ReplayBuffer` kept across rounds of a session; this
+            round's corrections are added to it and its earlier ones trained on.
+        add_classes: grow the model's head when the labels use class ids
+            beyond its classes (otherwise that is a ``ValueError``).
+        options: further knobs (:class:`FinetuneOptions`).
+        stop: asked before every step; once it returns True the round ends
+            gracefully and returns the best weights so far
+            (``stop_reason="cancelled"``).
+
+    Yields:
+        :class:`~napari_unet.core.train.TrainEvent` after every step (closing
+        the generator also cancels: the result then is lost, the input model
+        unchanged).
+
+    Returns:
+        A :class:`FinetuneResult`; ``result.model`` holds the best weights and
+        a config with provenance.
+    """
+    from .weights import load_model
+
+    start = time.perf_counter()
+    options = options or FinetuneOptions()
+    base = model if isinstance(model, SegmentationModel) else load_model(model, "cpu")
+    torch_device = resolve_device(device)
+    replay = replay if replay is not None else ReplayBuffer()
+
+    labels_array = np.asarray(labels)
+    mask_array = None if mask is None else np.asarray(mask)
+    _layout(image, labels_array)
+    if mask_array is not None and mask_array.shape != labels_array.shape:
+        raise ValueError(f"mask shape {mask_array.shape} differs from the labels shape {labels_array.shape}")
+    trusted_values = labels_array[mask_array != 0] if mask_array is not None else labels_array
+    extra = _check_classes(trusted_values, base, add_classes)
+
+    new = copy_model(base)
+    if extra:
+        _grow_classes(new, extra)
+    round_index = replay.rounds + 1
+    corrections, trusted = prepare_corrections(image, labels_array, mask_array, new, options, seed, round_index)
+    for correction in corrections:
+        replay.add(correction)
+    replay.rounds = round_index
+    entries = list(replay.entries.values())
+    arch = new.config.architecture
+    for entry in entries:
+        if int(entry.labels.max()) >= arch.num_classes:
+            raise ValueError(
+                f"a correction kept from an earlier round uses class id {int(entry.labels.max())}, "
+                f"beyond this model's {arch.num_classes} classes; clear the replay buffer"
+            )
+
+    largest = max(max(e.plane.shape[1:]) for e in entries)
+    crop = min(_round_up(options.crop_size, arch.divisor), _round_up(largest, arch.divisor))
+    sampler = CorrectionSampler(entries, crop, options.augment)
+    validation = validation_batches(entries, arch.divisor, options.max_val_blocks)
+    validation_pixels = int(sum(b[2].sum() for b in validation))
+
+    if max_seconds is None and steps is None:
+        max_seconds = CPU_SECONDS if torch_device.type == "cpu" else GPU_SECONDS
+    train_options = TrainOptions(
+        max_steps=steps,
+        max_seconds=max_seconds,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_steps,
+        val_every=options.val_every,
+        patience=options.patience if validation else None,
+        device=str(torch_device),
+        precision=options.precision,
+        seed=seed,
+        freeze_encoder=options.freeze_encoder,
+        norm_eval=options.norm_eval,
+        dice_weight=options.dice_weight,
+        initial_is_candidate=False,
+    )
+    result = yield from train_iter(new, sampler, validation or None, train_options, stop=stop)
+    new.net.to("cpu")
+    seconds = time.perf_counter() - start
+
+    base_rounds = int(base.config.provenance.get("rounds", 0)) if base.config.provenance else 0
+    provenance = {
+        "kind": "finetune",
+        "base_model": base.config.name,
+        "base_source": base.source,
+        "trusted_pixels": trusted,
+        "slices": len(corrections),
+        "replay_slices": len(entries),
+        "replay_trusted_pixels": replay.trusted_pixels,
+        "validation_pixels": validation_pixels,
+        "rounds": base_rounds + 1,
+        "session_round": round_index,
+        "val_dice_before": _round_or_none(result.initial_val_dice),
+        "val_dice_after": _round_or_none(result.best_val_dice),
+        "seconds": round(seconds, 2),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "stop_reason": result.stop_reason,
+        "device": result.device,
+        "precision": result.precision,
+        "seed": seed,
+        "added_classes": extra,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    name = base.config.name if base.config.name.endswith("-finetuned") else f"{base.config.name}-finetuned"
+    new.config = new.config.replace(name=name, provenance=provenance)
+    new.source = "finetune"
+    return FinetuneResult(
+        model=new,
+        val_dice_before=result.initial_val_dice,
+        val_dice_after=result.best_val_dice,
+        trusted_pixels=trusted,
+        slices=len(corrections),
+        seconds=seconds,
+        history=result.history,
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+        validation_pixels=validation_pixels,
+        replay_slices=len(entries),
+        train=result,
+    )
+
+
+def _round_or_none(value: float | None) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), 4)
+
+
+def finetune(
+    image,
+    labels,
+    mask=None,
+    model: SegmentationModel | str | None = None,
+    *,
+    max_seconds: float | None = None,
+    steps: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    replay: ReplayBuffer | None = None,
+    add_classes: bool = False,
+    options: FinetuneOptions | None = None,
+    events: Callable[[TrainEvent], object] | None = None,
+    stop: Callable[[], bool] | None = None,
+    return_result: bool = False,
+) -> SegmentationModel | FinetuneResult:
+    """Fine-tune and return the new model (or the full :class:`FinetuneResult`
+    with ``return_result=True``); ``events`` receives every
+    :class:`~napari_unet.core.train.TrainEvent`. See :func:`finetune_iter`."""
+    gen = finetune_iter(
+        image,
+        labels,
+        mask,
+        model,
+        max_seconds=max_seconds,
+        steps=steps,
+        device=device,
+        seed=seed,
+        replay=replay,
+        add_classes=add_classes,
+        options=options,
+        stop=stop,
+    )
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as finished:
+            result: FinetuneResult = finished.value
+            return result if return_result else result.model
+        if events is not None:
+            events(event)
+
+
+__all__ = [
+    "CPU_SECONDS",
+    "GPU_SECONDS",
+    "Correction",
+    "CorrectionSampler",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "ReplayBuffer",
+    "finetune",
+    "finetune_iter",
+    "prepare_corrections",
+    "validation_batches",
+]

@@ -1,0 +1,519 @@
+"""The training engine: one loop for training from scratch and for fine-tuning.
+
+API (headless; no Qt, no napari)::
+
+    options = TrainOptions(max_steps=2000, max_seconds=None, batch_size=8, lr=1e-3)
+    gen = train_iter(model, sample_batch, validation, options, checkpoint=None)
+    for event in gen:          # one TrainEvent per optimisation step: a cancel point
+        ...                    # gen.close() cancels; the model keeps the best weights
+    # or: result = run_training(model, sample_batch, validation, options, callback=print)
+
+* ``model``: a :class:`~napari_unet.core.weights.SegmentationModel`; it is
+  trained **in place** (copy it first to keep the original; fine-tuning does).
+* ``sample_batch(rng, n) -> (x, y, mask)``: ``x`` (N,C,H,W) float32 normalised
+  images, ``y`` (N,H,W) int64 class ids, ``mask`` (N,H,W) float32 trust
+  weights (0 = ignored by the loss). ``rng`` is a ``numpy.random.Generator``
+  seeded from ``options.seed``; ``n`` is the batch size (it may shrink after an
+  out-of-memory error). H and W must be multiples of ``2**depth``.
+* ``validation``: a list of ``(x, y, mask)`` batches of the same kind (fixed),
+  or ``None``. Validation Dice is the mean foreground Dice over trusted pixels
+  of the whole list (:func:`validation_dice`), checked before the first step,
+  every ``val_every`` steps and after the last. The starting weights count as
+  a candidate for "best" unless ``initial_is_candidate=False``.
+* ``checkpoint(model, event)``: called every ``options.checkpoint_every``
+  steps and once at the end, with the model holding its **best weights so far**
+  (in eval mode); save it with ``save_model(model, folder, overwrite=True)``,
+  which is atomic. Training resumes afterwards with the current weights.
+* ``stop() -> bool`` (optional): asked before every step; True ends the run
+  gracefully with ``stop_reason="cancelled"`` and a full result.
+* The generator returns a :class:`TrainResult` (``StopIteration.value``;
+  :func:`run_training` hands it back directly). Whether it ends normally, is
+  closed (napari's ``thread_worker`` quit does that) or raises, the model ends
+  up holding the best weights seen (by validation Dice; by smoothed training
+  loss without validation) and in eval mode.
+
+Loss: :func:`~napari_unet.core.losses.masked_ce_dice_loss`. Optimiser: AdamW
+with linear warm-up and cosine decay over the step or time budget (whichever
+runs out first). Precision ``auto``: float16 autocast with a GradScaler on
+CUDA, float16 on MPS, bfloat16 autocast on CPUs with native bfloat16, float32
+otherwise. An out-of-memory error halves the batch and retries.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
+from .losses import masked_ce_dice_loss
+from .metrics import confusion_matrix, score_from_confusion
+from .model import set_norm_eval
+from .weights import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+SampleBatch = Callable[[np.random.Generator, int], Batch]
+
+#: Stop after this many consecutive steps with a non-finite loss.
+MAX_BAD_STEPS = 20
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Knobs of one training run, with defaults that suit fine-tuning on a CPU.
+
+    At least one of ``max_steps`` and ``max_seconds`` must be set; with both,
+    whichever is reached first ends the run, and the learning-rate schedule
+    follows whichever is further along.
+    """
+
+    #: optimisation steps to run (``None``: only the time budget counts)
+    max_steps: int | None = 500
+    #: wall-clock budget in seconds, validation included (``None``: no limit)
+    max_seconds: float | None = None
+    batch_size: int = 8
+    #: peak learning rate of AdamW
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    #: steps of linear warm-up from ``lr / 10`` to ``lr``
+    warmup_steps: int = 10
+    #: ``cosine`` decays to ``lr * min_lr_ratio`` over the budget; ``constant`` keeps it
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
+    #: validate every this many steps (also before the first and after the last)
+    val_every: int = 20
+    #: stop when this many validations in a row bring no improvement (``None``: never)
+    patience: int | None = None
+    #: improvement smaller than this does not count
+    min_delta: float = 1e-4
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    #: train the decoder and head only; encoder weights and norm statistics fixed
+    freeze_encoder: bool = False
+    #: keep batch-norm running statistics fixed (tiny fine-tuning batches)
+    norm_eval: bool = False
+    #: weight of the Dice term of the loss (0: cross-entropy only)
+    dice_weight: float = 1.0
+    #: clip the gradient norm to this (``None``: no clipping)
+    grad_clip: float | None = 5.0
+    #: call the ``checkpoint`` hook every this many steps (``None``: only at the end)
+    checkpoint_every: int | None = None
+    #: resume the step count and schedule from here (for a resumed run)
+    start_step: int = 0
+    #: whether the starting weights compete for "best" (validated before step 1).
+    #: ``False`` (fine-tuning) always returns trained weights, so a regression
+    #: gate can compare them with the starting model honestly.
+    initial_is_candidate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("set max_steps, max_seconds or both: training needs a budget")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What happened in one optimisation step (``step`` counts from 1).
+
+    ``val_dice`` is set on steps where validation ran, else ``None``;
+    ``best_val_dice`` is the best so far (``None`` without validation);
+    ``improved`` says whether this step's weights became the kept best.
+    """
+
+    step: int
+    max_steps: int | None
+    elapsed: float
+    loss: float
+    lr: float
+    val_dice: float | None
+    best_val_dice: float | None
+    improved: bool
+    max_seconds: float | None = None
+    batch_size: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """How much of the budget is spent, 0..1 (for progress bars)."""
+        parts = []
+        if self.max_steps:
+            parts.append(self.step / self.max_steps)
+        if self.max_seconds:
+            parts.append(self.elapsed / self.max_seconds)
+        return min(1.0, max(parts)) if parts else 0.0
+
+
+@dataclass
+class TrainResult:
+    """The end of a run. ``model`` holds the best weights; ``stop_reason`` is
+    ``steps``, ``time``, ``early-stop`` or ``cancelled``."""
+
+    model: SegmentationModel
+    history: list[TrainEvent]
+    best_val_dice: float | None
+    steps: int
+    seconds: float
+    stop_reason: str
+    initial_val_dice: float | None = None
+    best_step: int = 0
+    precision: str = "float32"
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------- helpers
+def _to_tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y, mask = batch
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"a batch's images must be (N,C,H,W), got shape {x.shape}")
+    y = np.asarray(y)
+    mask = np.asarray(mask, dtype=np.float32)
+    if y.shape != (x.shape[0], *x.shape[2:]) or mask.shape != y.shape:
+        raise ValueError(f"labels {y.shape} and mask {mask.shape} must be (N,H,W) for images {x.shape}")
+    non_blocking = device.type == "cuda"
+    return (
+        torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=non_blocking),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device, non_blocking=non_blocking),
+        torch.from_numpy(np.ascontiguousarray(mask)).to(device, non_blocking=non_blocking),
+    )
+
+
+def validation_dice(
+    model: SegmentationModel,
+    validation: Sequence[Batch],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Mean foreground Dice of ``model`` over the trusted pixels of all batches.
+
+    One confusion matrix accumulates over the whole list, so small batches do
+    not get a louder voice. A set with no foreground in either prediction or
+    target scores the background Dice. NaN when no pixel is trusted. The
+    network's train/eval mode is restored afterwards.
+    """
+    device = resolve_device(device)
+    net = model.net
+    was_training = net.training
+    k = model.config.architecture.num_classes
+    matrix = np.zeros((k, k), dtype=np.int64)
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for batch in validation:
+                x, y, mask = _to_tensors(batch, device)
+                with autocast(device, dtype):
+                    logits = net(x)
+                pred = logits.argmax(dim=1).cpu().numpy()
+                matrix += confusion_matrix(pred, y.cpu().numpy(), k, mask.cpu().numpy())
+    finally:
+        net.train(was_training)
+    if matrix.sum() == 0:
+        return float("nan")
+    return score_from_confusion(matrix, fallback=True)
+
+
+def _lr_factor(options: TrainOptions, step: int, elapsed: float) -> float:
+    """Multiplier of ``options.lr`` before ``step`` (0-based) at ``elapsed`` seconds."""
+    if options.warmup_steps and step < options.warmup_steps:
+        warm = 0.1 + 0.9 * step / options.warmup_steps
+    else:
+        warm = 1.0
+    if options.schedule == "constant":
+        return warm
+    progress = 0.0
+    if options.max_steps:
+        progress = max(progress, step / options.max_steps)
+    if options.max_seconds:
+        progress = max(progress, elapsed / options.max_seconds)
+    progress = min(1.0, progress)
+    low = options.min_lr_ratio
+    return warm * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _make_scaler(device: torch.device, dtype: torch.dtype):
+    if dtype != torch.float16:
+        return None
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (RuntimeError, ValueError, AttributeError):  # pragma: no cover - old torch / backend
+        return None
+
+
+# -------------------------------------------------------------------- engine
+def train_iter(
+    model: SegmentationModel,
+    sample_batch: SampleBatch,
+    validation: Sequence[Batch] | None,
+    options: TrainOptions | None = None,
+    checkpoint: Callable[[SegmentationModel, TrainEvent], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train ``model`` in place, yielding a :class:`TrainEvent` after every step.
+
+    See the module docstring for the contract of ``sample_batch``,
+    ``validation`` and ``checkpoint``. ``stop``, when given, is asked before
+    every step; once it returns True the run ends gracefully (validating the
+    last weights) and still returns a :class:`TrainResult` with
+    ``stop_reason="cancelled"``, unlike closing the generator.
+    """
+    options = options or TrainOptions()
+    device = resolve_device(options.device)
+    dtype = resolve_precision(options.precision, device)
+    if dtype == torch.bfloat16 and device.type != "cpu" and options.precision == "auto":
+        dtype = torch.float16
+    scaler = _make_scaler(device, dtype)
+    if dtype == torch.float16 and scaler is None and device.type != "cuda":
+        dtype = torch.float32  # float16 without loss scaling underflows: stay safe
+    notes: list[str] = []
+    net = model.net.to(device)
+    validation = list(validation) if validation else None
+    rng = np.random.default_rng(options.seed)
+
+    requires_grad = {name: p.requires_grad for name, p in net.named_parameters()}
+
+    def set_train_mode() -> None:
+        net.train()
+        if options.freeze_encoder:
+            net.freeze_encoder()
+        if options.norm_eval:
+            set_norm_eval(net)
+
+    set_train_mode()
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+
+    start = time.perf_counter()
+    history: list[TrainEvent] = []
+    best_state = _snapshot(net)
+    best_score = -math.inf  # higher is better: validation Dice, or minus the smoothed loss
+    best_val: float | None = None
+    best_step = options.start_step
+    initial_val: float | None = None
+    smooth_loss: float | None = None
+    batch_size = options.batch_size
+    step = options.start_step
+    checks_without_gain = 0
+    bad_steps = 0
+    stop_reason = "cancelled"
+
+    def evaluate() -> float:
+        score = validation_dice(model, validation, device, dtype)
+        set_train_mode()
+        return score
+
+    def consider(score: float, at_step: int) -> bool:
+        """Keep the current weights if ``score`` beats the best; True if kept."""
+        nonlocal best_score, best_state, best_step
+        if math.isnan(score) or score <= best_score + (options.min_delta if best_score > -math.inf else 0):
+            return False
+        best_score = score
+        best_state = _snapshot(net)
+        best_step = at_step
+        return True
+
+    def call_checkpoint(event: TrainEvent) -> None:
+        current = _snapshot(net)
+        net.load_state_dict(best_state)
+        net.eval()
+        try:
+            checkpoint(model, event)
+        finally:
+            net.load_state_dict(current)
+            set_train_mode()
+
+    try:
+        if validation:
+            initial_val = evaluate()
+            if options.initial_is_candidate and consider(initial_val, step):
+                best_val = initial_val
+        while True:
+            elapsed = time.perf_counter() - start
+            if options.max_steps is not None and step >= options.max_steps:
+                stop_reason = "steps"
+                break
+            if options.max_seconds is not None and elapsed >= options.max_seconds:
+                stop_reason = "time"
+                break
+            if stop is not None and stop():
+                stop_reason = "cancelled"
+                if validation and history and history[-1].val_dice is None:
+                    val = evaluate()  # the last weights may be the best: give them a chance
+                    if consider(val, step):
+                        best_val = val
+                break
+            lr = options.lr * _lr_factor(options, step, elapsed)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                batch = sample_batch(rng, batch_size)
+                x, y, mask = _to_tensors(batch, device)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, dtype):
+                    logits = net(x)
+                loss = masked_ce_dice_loss(logits, y, mask, dice_weight=options.dice_weight)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    bad_steps += 1
+                    if bad_steps >= MAX_BAD_STEPS:
+                        raise FloatingPointError(
+                            f"the loss was not finite for {bad_steps} steps in a row; "
+                            "lower the learning rate or check the inputs"
+                        )
+                    log.warning("non-finite loss at step %d: step skipped", step + 1)
+                    continue
+                bad_steps = 0
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if options.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if options.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+                    optimizer.step()
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(exc) or batch_size == 1:
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                empty_cache(device)
+                batch_size = max(1, batch_size // 2)
+                notes.append(f"out of memory at step {step + 1}: batch size reduced to {batch_size}")
+                log.warning(notes[-1])
+                continue
+            step += 1
+            smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
+
+            val: float | None = None
+            improved = False
+            last = (options.max_steps is not None and step >= options.max_steps) or (
+                options.max_seconds is not None and time.perf_counter() - start >= options.max_seconds
+            )
+            if step % options.val_every == 0 or last:
+                if validation:
+                    val = evaluate()
+                    improved = consider(val, step)
+                    if improved:
+                        best_val = val
+                else:
+                    # without validation, keep the weights with the lowest smoothed loss
+                    improved = consider(-smooth_loss, step)
+                checks_without_gain = 0 if improved else checks_without_gain + 1
+            event = TrainEvent(
+                step=step,
+                max_steps=options.max_steps,
+                elapsed=time.perf_counter() - start,
+                loss=loss_value,
+                lr=lr,
+                val_dice=val,
+                best_val_dice=best_val,
+                improved=improved,
+                max_seconds=options.max_seconds,
+                batch_size=batch_size,
+            )
+            history.append(event)
+            if checkpoint is not None and options.checkpoint_every and step % options.checkpoint_every == 0:
+                call_checkpoint(event)
+            yield event
+            if options.patience is not None and checks_without_gain >= options.patience:
+                stop_reason = "early-stop"
+                break
+    finally:
+        # normal end, gen.close() (GeneratorExit at the yield) or an error:
+        # the model always leaves with the best weights, ready for inference
+        net.load_state_dict(best_state)
+        for name, p in net.named_parameters():
+            p.requires_grad_(requires_grad.get(name, True))
+        net.eval()
+
+    seconds = time.perf_counter() - start
+    if checkpoint is not None and history:
+        checkpoint(model, history[-1])
+    return TrainResult(
+        model=model,
+        history=history,
+        best_val_dice=best_val,
+        steps=step - options.start_step,
+        seconds=seconds,
+        stop_reason=stop_reason,
+        initial_val_dice=initial_val,
+        best_step=best_step,
+        precision=str(dtype).replace("torch.", ""),
+        device=device.type,
+        notes=notes,
+    )
+
+
+def run_training(
+    model: SegmentationModel,
+    sample_batch: SampleBatch,
+    validation: Sequence[Batch] | None = None,
+    options: TrainOptions | None = None,
+    callback: Callable[[TrainEvent], object] | None = None,
+    checkpoint: Callable[[SegmentationModel, TrainEvent], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Drive :func:`train_iter` to its end, passing every event to ``callback``.
+
+    If ``callback`` returns ``False`` (exactly), training stops there as if
+    cancelled; the model keeps the best weights and the result says
+    ``cancelled``.
+    """
+    gen = train_iter(model, sample_batch, validation, options, checkpoint, stop)
+    history: list[TrainEvent] = []
+    start = time.perf_counter()
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as finished:
+            return finished.value
+        history.append(event)
+        if callback is not None and callback(event) is False:
+            gen.close()
+            best = [e.best_val_dice for e in history if e.best_val_dice is not None]
+            return TrainResult(
+                model=model,
+                history=history,
+                best_val_dice=best[-1] if best else None,
+                steps=event.step - (options.start_step if options else 0),
+                seconds=time.perf_counter() - start,
+                stop_reason="cancelled",
+            )
+
+
+def copy_model(model: SegmentationModel) -> SegmentationModel:
+    """An independent copy (weights and config) of ``model``, on the CPU."""
+    net = copy.deepcopy(model.net).to("cpu")
+    return SegmentationModel(config=model.config, net=net, source=model.source)

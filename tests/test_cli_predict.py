@@ -1,0 +1,116 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.io import imsave
+
+from napari_unet.cli import main
+
+
+@pytest.fixture
+def stack_tif(tmp_path):
+    path = tmp_path / "stack.tif"
+    data = np.random.default_rng(0).integers(0, 3000, (3, 37, 45)).astype(np.uint16)
+    tifffile.imwrite(path, data)
+    return path
+
+
+def test_predict_tif_stack_end_to_end(stack_tif, tiny_model_dir, tmp_path):
+    out = tmp_path / "labels.tif"
+    code = main(["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir), "--tile", "32", "--quiet"])
+    assert code == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (3, 37, 45) and labels.dtype == np.uint8 and labels.max() < 3
+
+
+@pytest.mark.parametrize("suffix", [".png", ".npy", ".jpg"])
+def test_predict_2d_formats(tmp_path, tiny_model_dir, suffix):
+    image = np.random.default_rng(1).integers(0, 255, (40, 50, 3)).astype(np.uint8)
+    src = tmp_path / f"photo{suffix}"
+    if suffix == ".npy":
+        np.save(src, image)
+    else:
+        imsave(src, image, check_contrast=False)
+    out = tmp_path / "out.npy"
+    assert main(["predict", str(src), "-o", str(out), "--model", str(tiny_model_dir), "--quiet"]) == 0
+    assert np.load(out).shape == (40, 50)
+
+
+def test_subprocess_reports_and_exits_zero(stack_tif, tiny_model_dir, tmp_path):
+    out = tmp_path / "labels.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stderr and out.exists()
+
+
+def _error_of(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_missing_input(capsys, tmp_path, tiny_model_dir):
+    out = tmp_path / "o.tif"
+    code, err = _error_of(capsys, ["predict", str(tmp_path / "nope.tif"), "-o", str(out), "--model", str(tiny_model_dir)])
+    assert code == 2 and len(err) == 1 and "no such file" in err[0]
+    assert not out.exists()
+
+
+def test_existing_output_is_kept(capsys, stack_tif, tiny_model_dir, tmp_path):
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"precious")
+    code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir)])
+    assert code == 2 and "already exists" in err[0]
+    assert out.read_bytes() == b"precious"
+    assert main(["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir), "--overwrite", "--quiet"]) == 0
+    assert tifffile.imread(out).shape == (3, 37, 45)
+
+
+def test_wrong_dims(capsys, tmp_path, tiny_model_dir):
+    src = tmp_path / "t.npy"
+    np.save(src, np.zeros((2, 3, 20, 20), np.float32))
+    out = tmp_path / "o.tif"
+    code, err = _error_of(capsys, ["predict", str(src), "-o", str(out), "--model", str(tiny_model_dir)])
+    assert code == 2 and len(err) == 1 and "4D/5D" in err[0]
+    assert not out.exists()
+
+
+def test_bad_model_folder(capsys, stack_tif, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    out = tmp_path / "o.tif"
+    code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(out), "--model", str(bad)])
+    assert code == 2 and "not a model folder" in err[0]
+    assert not out.exists()
+
+
+def test_no_bundled_model(capsys, stack_tif, tmp_path, monkeypatch):
+    from napari_unet.core import weights
+
+    monkeypatch.setattr(weights, "_registry_root", lambda: tmp_path / "empty")
+    out = tmp_path / "o.tif"
+    code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(out)])
+    assert code == 2 and "no bundled model is installed" in err[0]
+    assert not out.exists()
+
+
+def test_unknown_output_extension(capsys, stack_tif, tiny_model_dir, tmp_path):
+    code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(tmp_path / "o.xyz"), "--model", str(tiny_model_dir)])
+    assert code == 2 and "unknown file type" in err[0]
+
+
+def test_failure_during_prediction_writes_nothing(stack_tif, tiny_model_dir, tmp_path, monkeypatch):
+    from napari_unet.core import predict as predict_module
+
+    def broken(self, chunk):
+        raise ValueError("simulated failure")
+
+    monkeypatch.setattr(predict_module._TileRunner, "_run", broken)
+    out = tmp_path / "o.tif"
+    assert main(["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif", "tiny-model"]

@@ -1,0 +1,184 @@
+"""Fine-tuning on trusted pixels: learns, leaves the input model alone, handles 2D/RGB/3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.finetune import (
+    FinetuneOptions,
+    ReplayBuffer,
+    finetune,
+    finetune_iter,
+    prepare_corrections,
+)
+from napari_unet.core.metrics import mean_foreground_dice
+from napari_unet.core.predict import predict
+
+FAST = FinetuneOptions(lr=1e-2, crop_size=32, batch_size=4, val_every=10, patience=None, warmup_steps=2)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one thread avoids OpenMP stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def disc_scene(seed: int, shape=(64, 64)):
+    """Bright discs (class 1) on a noisy background, raw uint16-like intensities."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint8)
+    for _ in range(4):
+        cy, cx, r = rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8), rng.integers(4, 8)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+    image = 1000 + 50 * rng.standard_normal(shape)
+    image[labels == 1] += 600
+    return image.astype(np.float32), labels
+
+
+@pytest.fixture
+def small_model(tiny_config):
+    from napari_unet.core.config import UNetConfig
+    from napari_unet.core.weights import new_model
+
+    arch = UNetConfig(in_channels=1, num_classes=3, depth=2, base_channels=8)
+    return new_model(tiny_config.replace(architecture=arch), seed=0)
+
+
+def _dice(model, image, labels):
+    return mean_foreground_dice(predict(image, model, device="cpu").labels, labels, 3)
+
+
+def test_finetune_raises_dice_and_copies(small_model):
+    image, labels = disc_scene(0)
+    test_image, test_labels = disc_scene(1)
+    before_state = {k: v.clone() for k, v in small_model.net.state_dict().items()}
+    before = _dice(small_model, test_image, test_labels)
+    events = []
+    result = finetune(
+        image, labels, None, small_model, steps=40, device="cpu", options=FAST, events=events.append, return_result=True
+    )
+    after = _dice(result.model, test_image, test_labels)
+    assert after > before + 0.3 and after > 0.7, (before, after)
+    assert len(events) == result.steps == 40
+    # the input model is untouched
+    for key, value in small_model.net.state_dict().items():
+        assert torch.equal(value, before_state[key])
+    assert result.model.net is not small_model.net
+    prov = result.model.config.provenance
+    assert prov["kind"] == "finetune" and prov["base_model"] == "tiny-test"
+    assert prov["trusted_pixels"] == labels.size and prov["rounds"] == 1 and prov["steps"] == 40
+    assert result.val_dice_before is not None and result.val_dice_after > result.val_dice_before
+    assert prov["val_dice_after"] == pytest.approx(result.val_dice_after, abs=1e-4)
+    assert result.trusted_pixels == labels.size and result.slices == 1
+
+
+def test_untrusted_pixels_are_never_learned(small_model):
+    """Labels outside the mask are garbage; the model must learn only the trusted part."""
+    image, labels = disc_scene(2)
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :40] = True
+    garbage = labels.copy()
+    garbage[:, 40:] = 2  # would teach "everything on the right is nerve"
+    model = finetune(image, garbage, mask, small_model, steps=40, device="cpu", options=FAST)
+    pred = predict(image, model, device="cpu").labels
+    assert (pred[:, 44:] == 2).mean() < 0.05
+
+
+def test_3d_stack_uses_corrected_slices_only(small_model):
+    scenes = [disc_scene(10 + z) for z in range(5)]
+    volume = np.stack([s[0] for s in scenes])
+    labels = np.stack([s[1] for s in scenes])
+    mask = np.zeros(labels.shape, np.uint8)
+    mask[1] = 1  # a reviewed slice
+    mask[3, 10:30, 10:30] = 1  # a brush correction
+    corrections, trusted = prepare_corrections(volume, labels, mask, small_model, FAST, 0, 1)
+    assert trusted == 64 * 64 + 400
+    assert [c.key.split(":")[1] for c in corrections] == ["1", "3"]
+    replay = ReplayBuffer()
+    result = finetune(volume, labels, mask, small_model, steps=5, device="cpu", options=FAST, replay=replay, return_result=True)
+    assert result.slices == 2 and len(replay) == 2 and replay.rounds == 1
+    # a second round on another slice keeps the first round's corrections
+    mask2 = np.zeros_like(mask)
+    mask2[4] = 1
+    result2 = finetune(volume, labels, mask2, result.model, steps=5, device="cpu", options=FAST, replay=replay, return_result=True)
+    assert result2.slices == 1 and result2.replay_slices == 3 and replay.rounds == 2
+    assert result2.model.config.provenance["rounds"] == 2
+    # correcting the same slice again replaces it instead of duplicating it
+    finetune(volume, labels, mask2, result2.model, steps=2, device="cpu", options=FAST, replay=replay)
+    assert len(replay) == 3
+
+
+def test_rgb_image(small_model):
+    image, labels = disc_scene(3)
+    rgb = np.stack([image, image * 0.5, image * 0.2], axis=-1)
+    result = finetune(rgb, labels, None, small_model, steps=3, device="cpu", options=FAST, return_result=True)
+    assert result.steps == 3 and result.trusted_pixels == labels.size
+
+
+def test_class_ids_outside_model(small_model):
+    image, labels = disc_scene(4)
+    labels = labels.astype(np.int64)
+    labels[:8, :8] = 4
+    with pytest.raises(ValueError, match="add_classes"):
+        finetune(image, labels, None, small_model, steps=2, device="cpu", options=FAST)
+    # untrusted out-of-range ids are fine
+    mask = np.ones(labels.shape, bool)
+    mask[:8, :8] = False
+    finetune(image, labels, mask, small_model, steps=1, device="cpu", options=FAST)
+    model = finetune(image, labels, None, small_model, steps=2, device="cpu", options=FAST, add_classes=True)
+    assert model.config.architecture.num_classes == 5 and len(model.config.classes) == 5
+    assert model.net.head.out_channels == 5
+    assert small_model.net.head.out_channels == 3
+
+
+def test_bad_inputs(small_model):
+    image, labels = disc_scene(5)
+    with pytest.raises(ValueError, match="no trusted pixels"):
+        finetune(image, labels, np.zeros_like(labels), small_model, steps=1, device="cpu")
+    with pytest.raises(ValueError, match="spatial shape"):
+        finetune(image, labels[:-1], None, small_model, steps=1, device="cpu")
+    with pytest.raises(ValueError, match="mask shape"):
+        finetune(image, labels, np.ones((3, 3)), small_model, steps=1, device="cpu")
+
+
+def test_cancel_mid_round_leaves_input_untouched(small_model):
+    image, labels = disc_scene(6)
+    before = {k: v.clone() for k, v in small_model.net.state_dict().items()}
+    gen = finetune_iter(image, labels, None, small_model, steps=100, device="cpu", options=FAST)
+    for event in gen:
+        if event.step == 3:
+            break
+    gen.close()
+    for key, value in small_model.net.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_stop_returns_a_result(small_model):
+    image, labels = disc_scene(8)
+    steps = []
+    result = finetune(
+        image, labels, None, small_model, steps=100, device="cpu", options=FAST,
+        events=lambda e: steps.append(e.step), stop=lambda: len(steps) >= 4, return_result=True,
+    )
+    assert result.stop_reason == "cancelled" and result.steps == 4
+    assert result.model.config.provenance["stop_reason"] == "cancelled"
+
+
+def test_small_correction_gets_blocked_validation(small_model):
+    image, labels = disc_scene(7)
+    mask = np.zeros(labels.shape, bool)
+    mask[20:40, 5:60] = True
+    (entry,), _ = prepare_corrections(image, labels, mask, small_model, FinetuneOptions(), 0, 1)
+    assert entry.val_mask.any() and entry.train_mask.any()
+    # validation pixels are never training pixels, nor next to them
+    from scipy import ndimage
+
+    near_val = ndimage.binary_dilation(entry.val_mask, iterations=1)
+    assert not (near_val & (entry.train_mask > 0)).any()
+    assert (entry.val_mask | (entry.train_mask > 0)).sum() <= mask.sum()

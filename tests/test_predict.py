@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.config import InputConfig, ModelConfig, UNetConfig
+from napari_unet.core.device import resolve_device, resolve_precision
+from napari_unet.core.normalize import normalize_slice, percentile_range
+from napari_unet.core.predict import PredictOptions, image_layout, predict, predict_iter
+from napari_unet.core.weights import new_model
+
+
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((61, 75), (61, 75)), ((33, 20, 3), (33, 20)), ((3, 45, 37), (3, 45, 37)), ((2, 30, 31, 3), (2, 30, 31)), ((9, 7), (9, 7))],
+)
+def test_predict_shapes_on_odd_sizes(tiny_model, shape, expected):
+    image = np.random.default_rng(0).integers(0, 4000, shape).astype(np.uint16)
+    result = predict(image, tiny_model, tile=32, device="cpu")
+    assert result.labels.shape == expected
+    assert result.labels.dtype == np.uint8
+    assert result.labels.max() < 3
+
+
+def test_probabilities_on_request(tiny_model, blob_image):
+    result = predict(blob_image, tiny_model, device="cpu", return_probabilities=True)
+    assert result.probabilities.shape == (3, *blob_image.shape)
+    np.testing.assert_allclose(result.probabilities.sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(result.probabilities.argmax(0), result.labels)
+
+
+def test_intensity_scale_does_not_matter(tiny_model, blob_image):
+    """Percentile normalisation: HU-like, uint16 and uint8 versions segment alike."""
+    a = predict(blob_image, tiny_model, device="cpu").labels
+    b = predict(blob_image * 40 - 1000, tiny_model, device="cpu").labels
+    assert (a == b).mean() > 0.995
+
+
+@pytest.mark.parametrize("bad", [(4, 5, 6, 7), (10,), (10, 10, 4)])
+def test_bad_layouts_are_explained(bad):
+    with pytest.raises(ValueError, match="(expected 2D|RGBA)"):
+        image_layout(bad)
+
+
+def test_progress_events_and_cancel(tiny_model):
+    stack = np.random.default_rng(0).random((6, 40, 40)).astype(np.float32)
+    gen = predict_iter(stack, tiny_model, PredictOptions(tile=32, batch_size=2, device="cpu"))
+    first = next(gen)
+    assert first.total == 6 * 4 and 0 < first.done < first.total
+    gen.close()  # what napari's worker.quit() does at a yield
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_out_array_receives_planes(tiny_model):
+    stack = np.random.default_rng(0).random((3, 20, 24)).astype(np.float32)
+    out = np.full((3, 20, 24), 255, np.uint8)
+    result = predict(stack, tiny_model, device="cpu", out=out)
+    assert result.labels is out and out.max() < 3
+
+
+def _quickly_trained_model():
+    """A small U-Net trained for a few seconds to find bright discs (1) and dark lines (2),
+    so that its predictions are structured (a random net predicts one class everywhere)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = new_model(ModelConfig(name="bf16", architecture=UNetConfig(depth=2, base_channels=8)), seed=0)
+    yy, xx = np.mgrid[:64, :64]
+
+    def sample():
+        img = rng.normal(0, 0.3, (64, 64))
+        lab = np.zeros((64, 64), np.int64)
+        cy, cx, r = rng.integers(12, 52, 2).tolist() + [rng.integers(5, 12)]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        img[disc] += 1.5
+        lab[disc] = 1
+        col = rng.integers(2, 62)
+        img[:, col : col + 2] -= 1.5
+        lab[:, col : col + 2] = 2
+        return img.astype(np.float32), lab
+
+    def normalised(img):
+        return normalize_slice(img, percentile_range(img, InputConfig(), False), 1, InputConfig())[0]
+
+    opt = torch.optim.Adam(model.net.parameters(), lr=1e-2)
+    model.net.train()
+    for _ in range(60):
+        imgs, labs = zip(*(sample() for _ in range(8)))
+        x = torch.tensor(np.stack([normalised(i) for i in imgs])[:, None])
+        loss = torch.nn.functional.cross_entropy(model.net(x), torch.tensor(np.stack(labs)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.net.eval()
+    image, truth = zip(*(sample() for _ in range(2)))
+    return model, np.stack(image).astype(np.float32), np.stack(truth)
+
+
+def test_bfloat16_agrees_with_float32():
+    """bf16 autocast (with channels-last) gives the same labels on >= 99.5% of pixels."""
+    model, stack, truth = _quickly_trained_model()
+    fp32 = predict(stack, model, device="cpu", precision="float32")
+    bf16 = predict(stack, model, device="cpu", precision="bfloat16")
+    assert bf16.precision == "bfloat16" and fp32.precision == "float32"
+    # the model has learned something, so the comparison is not between constant maps
+    assert (fp32.labels == truth).mean() > 0.8 and len(np.unique(fp32.labels)) == 3
+    assert (fp32.labels == bf16.labels).mean() >= 0.995
+
+
+def test_out_of_memory_retries_with_smaller_batches(tiny_model, monkeypatch):
+    from napari_unet.core import predict as predict_module
+
+    sizes = []
+    original = predict_module._TileRunner._run
+
+    def flaky(self, chunk):
+        sizes.append(len(chunk))
+        if len(chunk) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, chunk)
+
+    monkeypatch.setattr(predict_module._TileRunner, "_run", flaky)
+    stack = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    result = predict(stack, tiny_model, tile=32, batch_size=4, device="cpu")
+    assert result.labels.shape == (3, 40, 40)
+    assert max(sizes) == 4 and sizes[-1] == 1
+    assert any("out of memory" in n for n in result.notes)
+
+
+def test_other_errors_are_not_swallowed(tiny_model, monkeypatch):
+    from napari_unet.core import predict as predict_module
+
+    def broken(self, chunk):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(predict_module._TileRunner, "_run", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        predict(np.zeros((20, 20), np.float32), tiny_model, device="cpu")
+
+
+def test_device_choice(monkeypatch):
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("napari_unet.core.device.mps_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr("napari_unet.core.device.mps_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_cpu_precision_follows_native_bf16(monkeypatch):
+    from napari_unet.core import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32

@@ -1,0 +1,126 @@
+"""The scan simulator: determinism, label/image alignment, speed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_unet.core.simulate import (
+    MODALITIES,
+    NERVE,
+    TUMOR,
+    SimulatorConfig,
+    fractal_noise,
+    rasterize_vessels,
+    simulate_scan,
+    simulate_volume,
+)
+
+PLAIN = SimulatorConfig(augment=False, real_backgrounds=False)
+
+
+@pytest.mark.parametrize("modality", [*MODALITIES, None])
+def test_same_seed_same_scan(modality):
+    a_img, a_lab = simulate_scan(7, (96, 128), modality)
+    b_img, b_lab = simulate_scan(7, (96, 128), modality)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    c_img, _ = simulate_scan(8, (96, 128), modality)
+    assert not np.array_equal(a_img, c_img)
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_shapes_dtypes_and_classes(modality):
+    for seed in range(4):
+        image, labels = simulate_scan(seed, (64, 80), modality)
+        assert labels.shape == (64, 80) and labels.dtype == np.uint8
+        assert image.dtype == np.float32 and image.shape[:2] == (64, 80)
+        assert image.ndim == 2 or (modality == "fundus" and image.shape == (64, 80, 3))
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        assert np.isfinite(image).all()
+
+
+def test_fundus_colour_and_grey():
+    rgb, _ = simulate_scan(1, (64, 64), "fundus", rgb=True)
+    grey, _ = simulate_scan(1, (64, 64), "fundus", rgb=False)
+    assert rgb.shape == (64, 64, 3) and grey.shape == (64, 64)
+
+
+def test_generator_is_advanced_in_place():
+    rng = np.random.default_rng(3)
+    a = simulate_scan(rng, (48, 48))[0]
+    b = simulate_scan(rng, (48, 48))[0]
+    assert not np.array_equal(a, b)
+
+
+def _ring(mask: np.ndarray, width: int = 3) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=width) & ~mask
+
+
+@pytest.mark.parametrize("modality", ["mri", "ct", "em"])
+def test_lesions_and_vessels_differ_from_their_surroundings(modality):
+    """Without augmentation, labelled pixels stand out from a thin ring around them."""
+    config = SimulatorConfig(tumor_probability=1.0, nerve_probability=1.0, augment=False,
+                             real_backgrounds=False, contrast=(0.6, 1.0))
+    checked = {TUMOR: 0, NERVE: 0}
+    for seed in range(6):
+        image, labels = simulate_scan(seed, (128, 128), modality, config=config)
+        spread = np.percentile(image, 99) - np.percentile(image, 1)
+        for cls in (TUMOR, NERVE):
+            mask = labels == cls
+            ring = _ring(mask) & (labels == 0)
+            if mask.sum() < 20 or ring.sum() < 20:
+                continue
+            assert abs(np.median(image[mask]) - np.median(image[ring])) > 0.02 * spread, (seed, cls)
+            checked[cls] += 1
+    assert checked[TUMOR] >= 2 and checked[NERVE] >= 2
+
+
+def test_vessel_widths_and_centre_line():
+    ys = np.full(50, 20.0)
+    xs = np.arange(5, 55, dtype=float)
+    profile, mask = rasterize_vessels((40, 60), ys, xs, np.full(50, 0.5), soft=False)
+    assert mask[20, 10:50].all() and mask.sum(axis=0)[10:50].max() == 1  # 1 px wide
+    _, wide = rasterize_vessels((40, 60), ys, xs, np.full(50, 6.0), soft=True)
+    assert 11 <= wide.sum(axis=0)[30] <= 13  # 12 px wide
+    assert profile.max() == pytest.approx(1.0)
+
+
+def test_without_structures_labels_are_empty():
+    config = SimulatorConfig(tumor_probability=0.0, nerve_probability=0.0)
+    for modality in ("mri", "ct", "em"):
+        assert simulate_scan(0, (64, 64), modality, config=config)[1].max() == 0
+
+
+def test_unknown_modality_is_refused():
+    with pytest.raises(ValueError, match="modality"):
+        simulate_scan(0, (32, 32), "ultrasound")
+
+
+def test_fractal_noise_is_normalised():
+    field = fractal_noise(np.random.default_rng(0), (64, 64), beta=3.0)
+    assert abs(field.mean()) < 1e-4 and field.std() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_volume():
+    volume, labels = simulate_volume(0, (6, 48, 48), "mri",
+                                     config=SimulatorConfig(tumor_probability=1.0, nerve_probability=1.0))
+    assert volume.shape == labels.shape == (6, 48, 48)
+    assert set(np.unique(labels)) <= {0, 1, 2} and labels.max() > 0
+    again, _ = simulate_volume(0, (6, 48, 48), "mri",
+                               config=SimulatorConfig(tumor_probability=1.0, nerve_probability=1.0))
+    np.testing.assert_array_equal(volume, again)
+
+
+def test_fast_enough():
+    simulate_scan(0, (256, 256))  # warm caches
+    start = time.perf_counter()
+    for seed in range(10):
+        simulate_scan(seed, (256, 256))
+    per_scan = (time.perf_counter() - start) / 10
+    # ~20-40 ms on one free core; generous bound for a loaded CI machine
+    assert per_scan < 0.25

@@ -1,0 +1,200 @@
+"""The training engine: learns a toy task, validates, stops, cancels, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.train import (
+    TrainEvent,
+    TrainOptions,
+    copy_model,
+    run_training,
+    train_iter,
+    validation_dice,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one thread avoids OpenMP stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_scene(seed: int, size: int = 32):
+    """Bright discs are class 1, a dark bar class 2, on a noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int64)
+    for _ in range(2):
+        cy, cx, r = rng.integers(6, size - 6), rng.integers(6, size - 6), rng.integers(3, 6)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+    col = rng.integers(2, size - 4)
+    labels[:, col : col + 2] = 2
+    image = 0.5 + 0.05 * rng.standard_normal((size, size))
+    image[labels == 1] += 0.4
+    image[labels == 2] -= 0.4
+    return image.astype(np.float32)[None], labels
+
+
+def toy_sampler(rng: np.random.Generator, n: int):
+    scenes = [toy_scene(int(s)) for s in rng.integers(0, 10_000, n)]
+    x = np.stack([s[0] for s in scenes])
+    y = np.stack([s[1] for s in scenes])
+    return x, y, np.ones(y.shape, np.float32)
+
+
+@pytest.fixture
+def toy_validation():
+    scenes = [toy_scene(100_000 + i) for i in range(4)]
+    x = np.stack([s[0] for s in scenes])
+    y = np.stack([s[1] for s in scenes])
+    return [(x, y, np.ones(y.shape, np.float32))]
+
+
+FAST = dict(batch_size=4, lr=1e-2, warmup_steps=2, device="cpu", val_every=10)
+
+
+@pytest.fixture
+def toy_model(tiny_config):
+    """Two levels, 8 channels: learns the toy task in well under 100 steps."""
+    from napari_unet.core.config import UNetConfig
+    from napari_unet.core.weights import new_model
+
+    arch = UNetConfig(in_channels=1, num_classes=3, depth=2, base_channels=8)
+    return new_model(tiny_config.replace(architecture=arch), seed=0)
+
+
+def test_training_raises_validation_dice(toy_model, toy_validation):
+    tiny_model = toy_model
+    before = validation_dice(tiny_model, toy_validation)
+    result = run_training(tiny_model, toy_sampler, toy_validation, TrainOptions(max_steps=60, **FAST))
+    after = validation_dice(tiny_model, toy_validation)
+    assert result.stop_reason == "steps" and result.steps == 60
+    assert result.initial_val_dice == pytest.approx(before)
+    assert after == pytest.approx(result.best_val_dice)  # the model holds the best weights
+    assert after > before + 0.3 and after > 0.8, (before, after)
+    assert not tiny_model.net.training
+    events = result.history
+    assert [e.step for e in events] == list(range(1, 61))
+    assert all(isinstance(e, TrainEvent) and math.isfinite(e.loss) for e in events)
+    assert np.mean([e.loss for e in events[-10:]]) < np.mean([e.loss for e in events[:10]])
+    assert [e.val_dice is not None for e in events].count(True) == 6
+
+
+def test_cancel_keeps_best_weights(toy_model, toy_validation):
+    tiny_model = toy_model
+    gen = train_iter(tiny_model, toy_sampler, toy_validation, TrainOptions(max_steps=1000, **FAST))
+    best = None
+    for event in gen:
+        if event.improved:
+            best = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
+        if event.step == 35:
+            break
+    current = tiny_model.net.state_dict()
+    assert best is not None and not all(torch.equal(current[k], best[k]) for k in best)
+    gen.close()  # what napari's thread_worker quit does
+    for key, value in tiny_model.net.state_dict().items():
+        assert torch.equal(value, best[key]), key
+    assert validation_dice(tiny_model, toy_validation) == pytest.approx(event.best_val_dice)
+    assert not tiny_model.net.training
+
+
+def test_error_mid_run_restores_best_weights(tiny_model, toy_validation):
+    initial = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
+    calls = 0
+
+    def failing_sampler(rng, n):
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise RuntimeError("disk vanished")
+        return toy_sampler(rng, n)
+
+    options = TrainOptions(max_steps=50, **{**FAST, "val_every": 100})
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        run_training(tiny_model, failing_sampler, toy_validation, options)
+    # no validation check after step 0 ran, so the initial weights were the best
+    for key, value in tiny_model.net.state_dict().items():
+        assert torch.equal(value, initial[key]), key
+
+
+def test_time_budget_and_early_stop(tiny_model, toy_validation):
+    result = run_training(tiny_model, toy_sampler, None, TrainOptions(max_steps=None, max_seconds=0.5, **FAST))
+    assert result.stop_reason == "time" and result.steps >= 1
+    assert result.seconds < 2.0
+    # a learning rate of zero never improves: patience ends the run
+    options = TrainOptions(max_steps=500, patience=2, **{**FAST, "lr": 1e-12, "val_every": 2})
+    result = run_training(copy_model(tiny_model), toy_sampler, toy_validation, options)
+    assert result.stop_reason == "early-stop" and result.steps == 4
+
+
+def test_freeze_encoder_norm_eval_and_checkpoint(tiny_model, tmp_path):
+    from napari_unet.core.weights import load_model, save_model
+
+    encoder_before = {k: v.clone() for k, v in tiny_model.net.encoder.state_dict().items()}
+    saved: list[int] = []
+
+    def checkpoint(model, event):
+        assert not model.net.training
+        save_model(model, tmp_path / "ckpt", overwrite=True)
+        saved.append(event.step)
+
+    options = TrainOptions(max_steps=6, freeze_encoder=True, norm_eval=True, checkpoint_every=3, **FAST)
+    result = run_training(tiny_model, toy_sampler, None, options, checkpoint=checkpoint)
+    assert saved == [3, 6, 6]
+    for key, value in tiny_model.net.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key  # running stats included
+    assert all(p.requires_grad for p in tiny_model.net.parameters())  # flags restored
+    reloaded = load_model(tmp_path / "ckpt")
+    for key, value in tiny_model.net.state_dict().items():
+        assert torch.equal(value, reloaded.net.state_dict()[key])
+    assert result.best_val_dice is None
+
+
+def test_masked_pixels_do_not_train(tiny_model):
+    """With every pixel untrusted, no weight moves (AdamW decay aside: set to 0)."""
+    before = {k: v.clone() for k, v in tiny_model.net.state_dict().items()}
+
+    def untrusted(rng, n):
+        x, y, m = toy_sampler(rng, n)
+        return x, y, np.zeros_like(m)
+
+    options = TrainOptions(max_steps=3, norm_eval=True, **{**FAST, "val_every": 1}, weight_decay=0.0)
+    run_training(tiny_model, untrusted, None, options)
+    for key, value in tiny_model.net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_callback_false_cancels(tiny_model):
+    result = run_training(
+        tiny_model, toy_sampler, None, TrainOptions(max_steps=100, **FAST), callback=lambda e: e.step < 3
+    )
+    assert result.stop_reason == "cancelled" and result.steps == 3
+
+
+def test_stop_callable_ends_gracefully_with_a_result(toy_model, toy_validation):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 12
+
+    options = TrainOptions(max_steps=100, **FAST)
+    result = run_training(toy_model, toy_sampler, toy_validation, options, stop=stop)
+    assert result.stop_reason == "cancelled" and result.steps == 12
+    # the last weights (step 12, between validations) were validated too
+    assert validation_dice(toy_model, toy_validation) == pytest.approx(result.best_val_dice)
+
+
+def test_options_validation():
+    with pytest.raises(ValueError, match="budget"):
+        TrainOptions(max_steps=None, max_seconds=None)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainOptions(schedule="linear")

@@ -1,0 +1,256 @@
+"""The Fine-tune widget under a real napari viewer, with a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+FAST_STEPS = 2
+
+
+def _shown(widget) -> bool:
+    """Whether a widget is meant to be visible (the test viewer's window is never shown)."""
+    return not widget.native.isHidden()
+
+
+@pytest.fixture
+def store_dir(tmp_path, monkeypatch):
+    """Each test gets its own empty model store."""
+    folder = tmp_path / "store"
+    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def sync(monkeypatch):
+    """Run the widget's generator inline (no thread, no event loop needed)."""
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification the widget shows, as (level, text)."""
+    import napari_unet.widgets.finetune as module
+
+    seen: list[tuple[str, str]] = []
+    for level in ("show_info", "show_warning", "show_error"):
+        monkeypatch.setattr(module, level, lambda text, level=level: seen.append((level, text)))
+    return seen
+
+
+@pytest.fixture
+def scene(make_napari_viewer, blob_image, tiny_model_dir, store_dir):
+    """A viewer with a scan, its (empty) segmentation and a docked Fine-tune widget."""
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(blob_image, name="scan")
+    labels = viewer.add_labels(
+        np.zeros(blob_image.shape, np.uint8),
+        name="scan segmentation",
+        metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(tiny_model_dir)}},
+    )
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.steps.value = FAST_STEPS
+    widget.budget.value = 30
+    return viewer, image, labels, widget
+
+
+def _paint_disc(labels, value=1):
+    labels.brush_size = 15
+    labels.paint((30, 25), value)
+    return labels.data.copy()
+
+
+def test_widget_picks_the_result_layer_of_the_image(scene):
+    _, image, labels, widget = scene
+    assert widget.image.value is image
+    assert widget.labels.value is labels
+    assert "0 px" in widget.trusted_status.value
+
+
+def test_finetune_round_saves_a_version_and_keeps_the_corrections(scene, sync, notes):
+    viewer, _, labels, widget = scene
+    corrected = _paint_disc(labels)
+    from napari_unet.widgets.corrections import tracker_for
+
+    trusted = tracker_for(labels).trusted_mask()
+    assert trusted.sum() > 100
+    assert widget.finetune() is not None
+    assert widget._worker is None  # finished (synchronously)
+    versions = widget.store.list_versions()
+    assert len(versions) == 1
+    version = versions[0]
+    # the new version is used for this layer from now on, the base model untouched
+    assert labels.metadata["napari_unet"]["model"] == str(version.path)
+    # trusted pixels exactly as corrected; the rest is the new model's prediction
+    np.testing.assert_array_equal(labels.data[trusted], corrected[trusted])
+    from napari_unet.core.predict import predict
+    from napari_unet.core.weights import load_model
+
+    predicted = predict(viewer.layers["scan"].data, load_model(version.path), device="cpu").labels
+    np.testing.assert_array_equal(labels.data[~trusted], predicted[~trusted])
+    summary = widget.last_summary
+    assert summary["trusted_pixels"] == int(trusted.sum())
+    assert summary["slices"] == 1
+    assert summary["steps"] == FAST_STEPS
+    assert "Val. Dice" in widget.summary.value
+    assert widget.plot.steps == list(range(1, FAST_STEPS + 1))
+    assert ("show_info", notes[-1][1]) == notes[-1]
+    # the record survived the re-segmentation
+    np.testing.assert_array_equal(tracker_for(labels).trusted_mask(), trusted)
+    # the version list shows it
+    assert version.id in widget.versions.choices
+    assert widget.store.current().id == version.id  # promoted: no regression
+
+
+def test_reviewed_slice_alone_is_enough_to_finetune(scene, sync):
+    _, _, labels, widget = scene
+    widget.toggle_reviewed()
+    assert "Un-review" in widget.review_button.text
+    assert widget.finetune() is not None
+    assert len(widget.store.list_versions()) == 1
+
+
+def test_no_corrections_notifies_and_changes_nothing(scene, sync, notes):
+    _, _, labels, widget = scene
+    before = labels.data.copy()
+    assert widget.finetune() is None
+    assert notes and notes[-1][0] == "show_warning" and "No corrections yet" in notes[-1][1]
+    np.testing.assert_array_equal(labels.data, before)
+    assert widget.store.list_versions() == []
+
+
+def test_shape_mismatch_notifies_and_changes_nothing(scene, sync, notes):
+    viewer, _, _, widget = scene
+    other = viewer.add_labels(np.zeros((20, 20), np.uint8), name="other")
+    other.paint((5, 5), 1)
+    widget.labels.value = other
+    before = other.data.copy()
+    assert widget.finetune() is None
+    assert "pick the result layer that belongs to this image" in notes[-1][1]
+    np.testing.assert_array_equal(other.data, before)
+    assert widget.store.list_versions() == []
+
+
+def test_unknown_class_offers_a_new_output(scene, sync, notes):
+    _, _, labels, widget = scene
+    corrected = _paint_disc(labels, value=3)  # the tiny model knows 0, 1, 2
+    widget.finetune()
+    assert notes[-1][0] == "show_warning" and "class id(s) 3" in notes[-1][1]
+    assert _shown(widget.add_class_button)
+    np.testing.assert_array_equal(labels.data, corrected)
+    assert widget.store.list_versions() == []
+    # accepting the offer trains a model with a fourth class
+    widget.add_classes_and_finetune()
+    from napari_unet.core.weights import read_config
+
+    (version,) = widget.store.list_versions()
+    assert read_config(version.path).architecture.num_classes == 4
+    assert not _shown(widget.add_class_button)
+
+
+def test_cancel_changes_nothing_and_says_so(scene, sync, notes, monkeypatch):
+    _, _, labels, widget = scene
+    corrected = _paint_disc(labels)
+    widget.steps.value = 50
+    original = widget._on_event
+
+    def cancel_on_first_step(event):
+        original(event)
+        if hasattr(event, "loss"):
+            widget.cancel()
+
+    monkeypatch.setattr(widget, "_on_event", cancel_on_first_step)
+    widget.finetune()
+    np.testing.assert_array_equal(labels.data, corrected)
+    assert labels.metadata["napari_unet"]["model"] != ""
+    assert "cancelled" in widget.status.value
+    assert any("cancelled" in text for _, text in notes)
+    assert len(widget.plot.steps) < 50
+    assert widget.finetune_button.enabled and not widget.cancel_button.enabled
+
+
+def test_regression_gate_lets_the_user_choose(scene, sync, notes, monkeypatch):
+    _, _, labels, widget = scene
+    corrected = _paint_disc(labels)
+    base_model = labels.metadata["napari_unet"]["model"]
+
+    from napari_unet.core.versions import PromotionDecision
+
+    def reject(store, candidate, previous, *_args, **_kwargs):
+        return PromotionDecision(False, candidate.id, previous, 0.25, 0.75, "worse")
+
+    monkeypatch.setattr(type(widget.store), "promote", reject)
+    widget.finetune()
+    assert _shown(widget.gate_status) and _shown(widget.use_new_button)
+    assert "0.250" in widget.gate_status.value and "0.750" in widget.gate_status.value
+    np.testing.assert_array_equal(labels.data, corrected)  # nothing applied yet
+    assert labels.metadata["napari_unet"]["model"] == base_model
+    widget.keep_previous()
+    assert not _shown(widget.gate_status)
+    np.testing.assert_array_equal(labels.data, corrected)
+    assert labels.metadata["napari_unet"]["model"] == base_model
+
+    assert widget.store.current() is None
+    widget.finetune()
+    widget.use_candidate()
+    second = widget.store.list_versions()[-1]
+    assert widget.store.current().id == second.id
+    assert labels.metadata["napari_unet"]["model"] == str(second.path)
+    assert widget.last_summary["val_dice_after"] is not None
+
+
+def test_versions_rollback_rename_export_import(scene, sync, tmp_path, tiny_model_dir):
+    _, _, labels, widget = scene
+    _paint_disc(labels)
+    widget.finetune()
+    labels.paint((10, 60), 2)
+    widget.finetune()
+    versions = widget.store.list_versions()
+    assert len(versions) == 2
+    first = versions[0]
+    assert widget.store.current().id == versions[1].id
+    assert versions[1].parent == first.id  # the second round started from the first
+    widget.versions.value = first.id
+    widget.rollback()
+    assert widget.store.current().id == first.id
+    assert labels.metadata["napari_unet"]["model"] == str(first.path)
+    widget.rename_version(first.id, "liver-v1")
+    assert widget.store.get(first.id).name == "liver-v1"
+    exported = widget.export_version(first.id, tmp_path / "exported")
+    assert (exported / "weights.safetensors").is_file() and (exported / "config.json").is_file()
+    imported = widget.import_model(tiny_model_dir)
+    assert imported is not None
+    assert imported.id in widget.versions.choices
+
+
+def test_real_thread_keeps_the_event_loop_running(scene, qtbot, monkeypatch):
+    """Fine-tune in napari's thread_worker while a 10 ms timer keeps ticking."""
+    from qtpy.QtCore import QElapsedTimer, QTimer
+
+    monkeypatch.delenv("NAPARI_UNET_SYNC", raising=False)
+    _, _, labels, widget = scene
+    corrected = _paint_disc(labels)
+    widget.steps.value = 8
+    gaps: list[int] = []
+    clock = QElapsedTimer()
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: gaps.append(clock.restart()))
+    clock.start()
+    timer.start()
+    worker = widget.finetune()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    timer.stop()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5_000)
+    assert len(gaps) >= 5  # the GUI thread kept running while the worker trained
+    assert len(widget.store.list_versions()) == 1
+    from napari_unet.widgets.corrections import tracker_for
+
+    trusted = tracker_for(labels).trusted_mask()
+    np.testing.assert_array_equal(labels.data[trusted], corrected[trusted])
+    print(f"longest event-loop gap during fine-tuning: {max(gaps[1:])} ms")

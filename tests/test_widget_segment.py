@@ -1,0 +1,123 @@
+"""The Segment widget in a real napari viewer (under pytest-xvfb)."""
+
+import numpy as np
+import pytest
+
+from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_SLICE, SegmentWidget
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model_dir):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model.value = FOLDER_CHOICE
+    w.model_folder.value = str(tiny_model_dir)
+    w.device.value = "cpu"
+    return viewer, w
+
+
+def _wait(qtbot, w, timeout=60_000):
+    qtbot.waitUntil(lambda: w._worker is None, timeout=timeout)
+
+
+def test_click_segment_makes_a_labels_layer(widget, qtbot, blob_image):
+    viewer, w = widget
+    image = viewer.add_image(blob_image, name="scan", scale=(0.5, 0.25), translate=(10, 20))
+    w.reset_choices()
+    w.image.value = image
+    w.segment_button.clicked.emit()  # as a user's click does
+    assert w._worker is not None and not w.segment_button.enabled and w.cancel_button.enabled
+    _wait(qtbot, w)
+    labels = viewer.layers["scan segmentation"]
+    assert labels.data.shape == blob_image.shape and labels.data.dtype == np.uint8
+    np.testing.assert_allclose(labels.scale, (0.5, 0.25))
+    np.testing.assert_allclose(labels.translate, (10, 20))
+    assert list(labels.features["class"]) == ["background", "tumor", "nerve"]
+    np.testing.assert_allclose(labels.colormap.map(np.array([1]))[0][:3], (1.0, 59 / 255, 48 / 255), atol=0.01)
+    assert labels.metadata["napari_unet"]["image_layer"] == "scan"
+    assert w.segment_button.enabled and "done" in w.status.value
+
+
+def test_resegmenting_keeps_user_edits(widget, qtbot, blob_image):
+    viewer, w = widget
+    viewer.add_image(blob_image, name="scan")
+    w.reset_choices()
+    w.segment()
+    _wait(qtbot, w)
+    first = viewer.layers["scan segmentation"]
+    w.segment()  # unedited: updated in place
+    _wait(qtbot, w)
+    assert len(viewer.layers) == 2
+    first.paint((5, 5), 1)  # the user's correction, with napari's own brush
+    edited = first.data.copy()
+    w.segment()
+    _wait(qtbot, w)
+    assert len(viewer.layers) == 3
+    np.testing.assert_array_equal(first.data, edited)
+
+
+def test_segment_only_the_slice_on_screen(widget, qtbot):
+    viewer, w = widget
+    stack = np.random.default_rng(0).random((5, 30, 40)).astype(np.float32)
+    viewer.add_image(stack, name="stack")
+    w.reset_choices()
+    w.scope.value = SCOPE_SLICE
+    viewer.dims.set_current_step(0, 3)
+    w.segment()
+    _wait(qtbot, w)
+    assert "slice 3" in w.status.value
+    labels = viewer.layers["stack segmentation"]
+    assert labels.data.shape == (5, 30, 40)
+    assert "tile" not in w.status.value
+
+
+def test_cancel_changes_nothing(widget, qtbot):
+    viewer, w = widget
+    stack = np.random.default_rng(0).random((60, 64, 64)).astype(np.float32)
+    viewer.add_image(stack, name="big")
+    w.reset_choices()
+    w._tile = 16
+    worker = w.segment()
+    w.cancel_button.clicked.emit()
+    _wait(qtbot, w)
+    assert worker is not None
+    assert "big segmentation" not in viewer.layers
+    assert "cancelled" in w.status.value and w.segment_button.enabled
+
+
+@pytest.mark.parametrize(
+    "data,kwargs,message",
+    [
+        (np.zeros((4, 3, 20, 20)), {}, "4 dimensions"),
+        (np.zeros((20, 20, 4), np.uint8), {"rgb": True}, "RGBA"),
+    ],
+)
+def test_bad_layers_notify_and_change_nothing(widget, monkeypatch, data, kwargs, message):
+    viewer, w = widget
+    seen = []
+    monkeypatch.setattr("napari_unet.widgets.segment.show_warning", seen.append)
+    viewer.add_image(data, name="bad", **kwargs)
+    w.reset_choices()
+    assert w.segment() is None
+    assert len(seen) == 1 and message in seen[0]
+    assert len(viewer.layers) == 1
+
+
+def test_no_image_notifies(widget, monkeypatch):
+    viewer, w = widget
+    seen = []
+    monkeypatch.setattr("napari_unet.widgets.segment.show_warning", seen.append)
+    assert w.segment() is None
+    assert "No image selected" in seen[0]
+
+
+def test_missing_model_folder_notifies(widget, monkeypatch, blob_image):
+    viewer, w = widget
+    seen = []
+    monkeypatch.setattr("napari_unet.widgets.segment.show_warning", seen.append)
+    viewer.add_image(blob_image)
+    w.reset_choices()
+    w.model_folder.value = ""
+    assert w.segment() is None
+    assert "Choose a model folder" in seen[0]
