@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="edge of the generated 2D scan")
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--timeline", action="store_true", help="print when each event reached the GUI")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gui-stall-"))
@@ -75,24 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     timer = QTimer()
     timer.setInterval(10)
 
+    ends: list[float] = []  # when each gap ended, seconds after the start
+
     def tick() -> None:
         gaps.append(clock.restart())
+        ends.append(time.perf_counter() - started)
 
     timer.timeout.connect(tick)
     events = {"n": 0}
+    timeline: list[tuple[float, str]] = []
     original = widget._on_event
 
     def count(event):  # count what reaches the GUI thread
         events["n"] += 1
+        timeline.append((time.perf_counter() - started, type(event).__name__ if not isinstance(event, tuple) else event[1]))
         original(event)
 
     widget._on_event = count
     for _ in range(20):  # settle the window first
         app.processEvents()
         time.sleep(0.01)
+    started = time.perf_counter()
     clock.start()
     timer.start()
-    started = time.perf_counter()
     worker = widget.finetune()
     if worker is None:
         print("fine-tune did not start", file=sys.stderr)
@@ -101,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         app.processEvents()
         time.sleep(0.001)
     timer.stop()
-    gaps = gaps[1:]
+    gaps, ends = gaps[1:], ends[1:]
+    worst = sorted(range(len(gaps)), key=lambda i: -gaps[i])[:5]
+    for i in sorted(worst):
+        print(f"  gap of {gaps[i]} ms ending at {ends[i]:.2f} s")
+    if "--timeline" in (argv or sys.argv):
+        for at, what in timeline:
+            print(f"  {at:7.2f} s  {what}")
     stall = max(gaps) - 10 if gaps else float("nan")
     p99 = float(np.percentile(gaps, 99)) - 10 if gaps else float("nan")
     print(f"fine-tune + re-segment: {time.perf_counter() - started:.1f} s, {events['n']} events reached the GUI")

@@ -76,8 +76,11 @@ def test_wrong_dims(capsys, tmp_path, tiny_model_dir):
     np.save(src, np.zeros((2, 3, 20, 20), np.float32))
     out = tmp_path / "o.tif"
     code, err = _error_of(capsys, ["predict", str(src), "-o", str(out), "--model", str(tiny_model_dir)])
-    assert code == 2 and len(err) == 1 and "4D/5D" in err[0]
+    assert code == 2 and len(err) == 1 and "4D" in err[0] and "--index" in err[0]
     assert not out.exists()
+    # choosing one volume of the 4D file works
+    assert main(["predict", str(src), "-o", str(out), "--model", str(tiny_model_dir), "--index", "1", "--quiet"]) == 0
+    assert tifffile.imread(out).shape == (3, 20, 20)
 
 
 def test_bad_model_folder(capsys, stack_tif, tmp_path):

@@ -117,8 +117,13 @@ def test_3d_stack_uses_corrected_slices_only(small_model):
 def test_rgb_image(small_model):
     image, labels = disc_scene(3)
     rgb = np.stack([image, image * 0.5, image * 0.2], axis=-1)
-    result = finetune(rgb, labels, None, small_model, steps=3, device="cpu", options=FAST, return_result=True)
-    assert result.steps == 3 and result.trusted_pixels == labels.size
+    import napari_unet
+
+    events = []
+    result = napari_unet.finetune(
+        rgb, labels, None, small_model, steps=3, device="cpu", events=events.append, options=FAST, return_result=True
+    )
+    assert result.steps == 3 and result.trusted_pixels == labels.size and len(events) == 3
 
 
 def test_class_ids_outside_model(small_model):

@@ -239,8 +239,9 @@ def test_napari_reader_opens_each_series(tmp_path, stored):
         assert kwargs["contrast_limits"] == (-160.0, 240.0)
         assert kwargs["metadata"]["affine"].shape == (4, 4)
     assert get_reader(str(tmp_path)) is not None  # sub-folders are searched
-    files = [str(f) for f in sorted((tmp_path / "mixed").glob("a*.dcm"))]
-    assert len(get_reader(files)(files)) == 2  # the folder is read once, not once per file
+    files = [str(f) for f in sorted((tmp_path / "mixed").glob("*.dcm"))]
+    layers = get_reader(files)(files)  # each series once, not once per file
+    assert sorted(kwargs["name"] for _, kwargs, _ in layers) == ["CT bone", "CT head"]
     (tmp_path / "nothing").mkdir()
     assert get_reader(str(tmp_path / "nothing")) is None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -252,3 +253,22 @@ def test_unknown_extension_fails_before_work(tmp_path):
         labels_output(tmp_path / "labels.xyz", (2, 3, 3))
     assert read_scans  # the public names stay importable
     assert Scan
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4, 5])
+def test_plain_tifffile_stack_is_a_z_stack(tmp_path, depth):
+    data = np.random.default_rng(0).integers(0, 3000, (depth, 13, 17)).astype(np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tifffile.imwrite(tmp_path / "stack.tif", data)  # tifffile stores (3|4, Y, X) as planar RGB
+    scan = read_scan(tmp_path / "stack.tif")
+    assert scan.data.shape == (depth, 13, 17) and not scan.rgb
+    np.testing.assert_array_equal(np.asarray(scan.data), data)
+
+
+def test_rgb_tiff_stays_rgb(tmp_path):
+    data = np.zeros((13, 17, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "photo.tif", data)
+    scan = read_scan(tmp_path / "photo.tif")
+    assert scan.rgb and scan.data.shape == (13, 17, 3) and scan.spatial_shape == (13, 17)
+

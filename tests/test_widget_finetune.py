@@ -155,20 +155,24 @@ def test_cancel_changes_nothing_and_says_so(scene, sync, notes, monkeypatch):
     _, _, labels, widget = scene
     corrected = _paint_disc(labels)
     widget.steps.value = 50
-    original = widget._on_event
+    original = widget.plot.add
 
-    def cancel_on_first_step(event):
-        original(event)
-        if hasattr(event, "loss"):
-            widget.cancel()
+    def cancel_on_first_step(*args):  # the plot sees every training step
+        original(*args)
+        widget.cancel()
 
-    monkeypatch.setattr(widget, "_on_event", cancel_on_first_step)
+    monkeypatch.setattr(widget.plot, "add", cancel_on_first_step)
     widget.finetune()
     np.testing.assert_array_equal(labels.data, corrected)
     assert labels.metadata["napari_unet"]["model"] != ""
     assert "cancelled" in widget.status.value
     assert any("cancelled" in text for _, text in notes)
-    assert len(widget.plot.steps) < 50
+    assert widget.plot.steps == [1]  # stopped at the first step
+    # the best weights so far are kept as a version, but not put to use
+    (kept,) = widget.store.list_versions()
+    assert kept.metrics["cancelled"] is True
+    assert widget.store.current() is None
+    assert kept.id in notes[-1][1] and "not in use" in notes[-1][1]
     assert widget.finetune_button.enabled and not widget.cancel_button.enabled
 
 

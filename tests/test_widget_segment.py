@@ -121,3 +121,24 @@ def test_missing_model_folder_notifies(widget, monkeypatch, blob_image):
     w.model_folder.value = ""
     assert w.segment() is None
     assert "Choose a model folder" in seen[0]
+
+
+def test_dask_volume_gives_a_chunked_result(widget, qtbot, monkeypatch):
+    import dask.array as da
+
+    viewer, w = widget
+    monkeypatch.setattr("napari_unet.widgets.segment.LAZY_RESULT_VOXELS", 1000)
+    stack = da.from_array(np.random.default_rng(0).random((4, 30, 40)).astype(np.float32), chunks=(1, 30, 40))
+    viewer.add_image(stack, name="lazy", metadata={"affine": np.eye(4).tolist()})
+    w.reset_choices()
+    w.segment()
+    _wait(qtbot, w)
+    labels = viewer.layers["lazy segmentation"]
+    assert not isinstance(labels.data, np.ndarray)  # zarr, chunk per plane
+    assert labels.data.shape == (4, 30, 40) and labels.data.chunks == (1, 30, 40)
+    assert np.asarray(labels.data[2]).max() < 3
+    assert labels.metadata["affine"] == np.eye(4).tolist()
+    labels.paint((1, 5, 5), 2)  # an edit on the zarr-backed layer is detected
+    w.segment()
+    _wait(qtbot, w)
+    assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 2

@@ -63,13 +63,13 @@ def read_layers(path: PathOrPaths) -> list[LayerData]:
     4D/5D volumes whole (napari shows a slider for time/channel)."""
     layers: list[LayerData] = []
     seen_series: set[str] = set()
-    seen_folders: set[Path] = set()
     for item in _as_paths(path):
         if item.is_file() and format_of(item) == "dicom":
-            # one file opens its whole series: several files of a folder read it once
-            if item.parent in seen_folders:
+            from .io.dicom import series_uid
+
+            # one file opens its whole series: several files of one series read it once
+            if series_uid(item) in seen_series:
                 continue
-            seen_folders.add(item.parent)
         for scan in read_all_axes(item):
             uid = scan.meta.extra.get("dicom", {}).get("series_uid")
             if uid:  # several files of one DICOM series open it once

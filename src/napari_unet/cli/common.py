@@ -14,15 +14,17 @@ class CLIError(Exception):
     """Bad input: the dispatcher prints the message on one line and exits with 2."""
 
 
-def read_image(path: str | Path):
-    """Read a scan (:class:`napari_unet.io.Scan`) or fail with a one-line message."""
+def read_image(path: str | Path, index: int | None = None):
+    """Read a scan (:class:`napari_unet.io.Scan`) or fail with a one-line message.
+
+    ``index`` picks one time point / channel of a 4D/5D file."""
     from napari_unet.io import IOErrorMessage, read_scan
 
     path = Path(path)
     if not path.exists():
         raise CLIError(f"{path}: no such file")
     try:
-        return read_scan(path)
+        return read_scan(path, index=index)
     except IOErrorMessage as exc:
         raise CLIError(str(exc)) from exc
 

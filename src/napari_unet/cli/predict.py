@@ -37,6 +37,10 @@ def add_parser(subparsers) -> None:
         "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
         help="numeric precision (default: auto = float16 on GPUs, bfloat16 on CPUs with native support, else float32)",
     )
+    p.add_argument(
+        "--index", type=int, default=None,
+        help="for 4D/5D inputs: which time point / channel volume to segment (0-based)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     output = check_output(args.output, args.overwrite)
     check_device(args.device)
-    scan = read_image(args.input)
+    scan = read_image(args.input, index=args.index)
     try:
         layout = image_layout(tuple(scan.data.shape), rgb=scan.rgb if scan.rgb else None)
     except ValueError as exc:
@@ -85,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         sink.abort()
         raise
     if not args.quiet:
-        counts = {c.name: int((result.labels == c.id).sum()) for c in model.config.classes if c.id}
+        voxels = sink.label_counts()  # counted while writing: no second pass over a big volume
+        counts = {c.name: int(voxels.get(c.id, 0)) for c in model.config.classes if c.id}
         found = ", ".join(f"{name} {n} px" for name, n in counts.items())
         print(
             f"wrote {output} {tuple(spatial)} with {model.name} on {result.device} "

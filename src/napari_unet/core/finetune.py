@@ -69,7 +69,7 @@ class FinetuneOptions:
     checks without improvement before an early stop.
     """
 
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 4
     crop_size: int = 128

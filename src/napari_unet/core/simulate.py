@@ -620,6 +620,8 @@ def simulate_scan(
         if rng.random() < 0.6:
             image, labels = _geometric(rng, image, labels)
         k = int(rng.integers(4))
+        if shape[0] != shape[1]:
+            k = 2 * (k % 2)  # a quarter turn would swap the sides of a non-square scan
         image, labels = np.rot90(image, k, axes=(0, 1)), np.rot90(labels, k)
         if rng.random() < 0.5:
             image, labels = image[:, ::-1], labels[:, ::-1]

@@ -354,7 +354,13 @@ def train_iter(
     try:
         if validation:
             initial_val = evaluate()
-            if options.initial_is_candidate and consider(initial_val, step):
+            if math.isnan(initial_val):
+                # no trusted pixel to score: fall back to the training loss
+                notes.append("the validation set has no trusted pixels; best weights chosen by training loss")
+                log.warning(notes[-1])
+                validation = None
+                initial_val = None
+            elif options.initial_is_candidate and consider(initial_val, step):
                 best_val = initial_val
         while True:
             elapsed = time.perf_counter() - start

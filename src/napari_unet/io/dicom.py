@@ -100,6 +100,12 @@ def _read_header(path: Path, strict: bool):
         raise IOErrorMessage(f"{path}: not a readable DICOM file ({exc})") from exc
 
 
+def series_uid(path: Path) -> str | None:
+    """The ``SeriesInstanceUID`` of one DICOM file (header only), ``None`` if it has none."""
+    uid = str(_read_header(Path(path), strict=True).get("SeriesInstanceUID", ""))
+    return uid or None
+
+
 def read_dicom(path: Path) -> list[Scan]:
     """Every image series in a DICOM folder, or the series one file belongs to."""
     path = Path(path)

@@ -105,6 +105,9 @@ def _axis_order(axes: str, shape: tuple[int, ...]) -> tuple[list[int], str, bool
     axes = axes.upper()
     rgb = len(axes) >= 3 and axes.endswith("S") and shape[-1] in (3, 4)
     body = axes[:-1] if rgb else axes
+    # planar samples first ("SYX": how tifffile stores a (3, Y, X) array) read as unnamed
+    # pages, so such a stack is a Z stack, as the writer most likely meant
+    body = body.replace("S", "Q")
     if "Y" in body and "X" in body:
         plane = [body.index("Y"), body.index("X")]
     else:

@@ -294,7 +294,7 @@ class FinetuneWidget(Container):
 
         from .plot import TrainingPlot
 
-        self.plot = TrainingPlot()
+        self.plot = TrainingPlot(budget=float(self.budget.value))
         self.extend(
             [
                 self.image, self.labels, review_row, self.trusted_status,
@@ -307,6 +307,7 @@ class FinetuneWidget(Container):
         for widget in (self.status, self.summary, self.gate_status, self.trusted_status):
             widget.native.setWordWrap(True)
 
+        self.budget.changed.connect(lambda v: self.plot.set_budget(float(v)))
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
         self.image.changed.connect(self._on_image_choice)
         self.labels.changed.connect(self._on_labels_choice)
@@ -519,7 +520,7 @@ class FinetuneWidget(Container):
 
     def cancel(self, *_: Any) -> None:
         """Stop at the next training step, keeping the best weights so far."""
-        if self._worker is not None:
+        if self._job and not self._job.get("finished"):
             self._cancel.set()
             self.status.value = "cancelling after this step…"
 
@@ -535,7 +536,7 @@ class FinetuneWidget(Container):
             self.status.value = str(event[1])
             return
         if hasattr(event, "loss"):
-            self.plot.add(event.step, event.loss, event.val_dice)
+            self.plot.add(event.step, event.elapsed, event.loss, event.val_dice)
             fraction = getattr(event, "fraction", None)
             if fraction is None:
                 fraction = event.step / event.max_steps if event.max_steps else 0.0
@@ -564,7 +565,7 @@ class FinetuneWidget(Container):
         if self._job.get("outcome") is None:
             self.status.value = "stopped: nothing was changed"
         self._set_running(False)
-        self.plot.redraw()
+        self.plot.update(force=True)
         self._worker = None
         self._add_classes = False
         self.versions.reset_choices()

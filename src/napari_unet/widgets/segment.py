@@ -78,10 +78,43 @@ def find_result_layer(viewer, image_name: str):
     return found
 
 
+#: Results larger than this many voxels, of images that are not in memory
+#: (dask, zarr, memory-mapped), are kept in a compressed, chunked zarr array
+#: instead of one NumPy array, so a big volume is never copied at once.
+LAZY_RESULT_VOXELS = 64 * 2**20
+
+
+def empty_labels(shape: tuple[int, ...], chunked: bool):
+    """A zero label array: NumPy, or a compressed in-memory zarr array (one chunk per plane)."""
+    if not chunked:
+        return np.zeros(shape, np.uint8)
+    import zarr
+
+    chunks = (1, *shape[1:]) if len(shape) == 3 else shape
+    return zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype="uint8", fill_value=0)
+
+
+def wants_chunked_result(data, spatial: tuple[int, ...]) -> bool:
+    return not isinstance(data, np.ndarray) and int(np.prod(spatial)) > LAZY_RESULT_VOXELS
+
+
 def was_edited(layer) -> bool:
-    """Whether the user changed a result layer since the plugin last wrote it."""
+    """Whether the user changed a result layer since the plugin last wrote it:
+    napari's paint events (brush, eraser, fill) set a flag, and for in-memory
+    results a fingerprint also catches changes made by scripts."""
     meta = layer.metadata.get(META_KEY, {})
-    return meta.get("digest") != labels_digest(layer.data)
+    if meta.get("edited"):
+        return True
+    if isinstance(layer.data, np.ndarray):
+        return meta.get("digest") != labels_digest(layer.data)
+    return False
+
+
+def _mark_edited(layer):
+    def on_paint(event=None) -> None:
+        layer.metadata.setdefault(META_KEY, {})["edited"] = True
+
+    return on_paint
 
 
 def current_plane(viewer, layer) -> int:
@@ -91,7 +124,9 @@ def current_plane(viewer, layer) -> int:
     return int(np.clip(z, 0, layer.data.shape[0] - 1))
 
 
-def segment_job(data, rgb: bool, model_source: str | None, device: str, plane: int | None, tile: int):
+def segment_job(
+    data, rgb: bool, model_source: str | None, device: str, plane: int | None, tile: int, out=None
+):
     """The worker: load the model, normalise over the whole image, predict.
 
     Yields ``("status", text)`` and ``PredictProgress``; returns
@@ -107,7 +142,7 @@ def segment_job(data, rgb: bool, model_source: str | None, device: str, plane: i
     ranges = percentile_range(data, model.config.input, rgb)
     image = data if plane is None else data[plane]
     options = PredictOptions(device=device, tile=tile)
-    result = yield from predict_iter(image, model, options, rgb=rgb, intensity_ranges=ranges)
+    result = yield from predict_iter(image, model, options, rgb=rgb, intensity_ranges=ranges, out=out)
     return model.config, result.labels, plane
 
 
@@ -168,9 +203,14 @@ class SegmentWidget(Container):
         plane = current_plane(self._viewer, layer) if (self.scope.value == SCOPE_SLICE and spatial_ndim == 3) else None
         self._set_running(True)
         self.status.value = "starting…"
-        self._job: dict[str, Any] = {"outcome": None, "layer": layer, "plane": plane, "data_shape": data.shape, "rgb": layer.rgb}
+        spatial = tuple(data.shape[:-1] if layer.rgb else data.shape)
+        chunked = wants_chunked_result(data, spatial)
+        out = empty_labels(spatial, chunked) if (chunked and plane is None) else None
+        self._job: dict[str, Any] = {
+            "outcome": None, "layer": layer, "plane": plane, "spatial": spatial, "chunked": chunked,
+        }
         self._worker = run_generator(
-            segment_job, data, layer.rgb, source, self.device.value, plane, self._tile,
+            segment_job, data, layer.rgb, source, self.device.value, plane, self._tile, out,
             on_yield=self._on_progress, on_return=self._on_result,
             on_error=self._on_error, on_finish=self._on_finish,
         )
@@ -216,14 +256,17 @@ class SegmentWidget(Container):
         self._job["outcome"] = "done"
         layer = self._job["layer"]
         layer_out = self._store_result(layer, config, labels, plane)
-        counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
         where = f"slice {plane}" if plane is not None else "image"
-        self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
+        if isinstance(labels, np.ndarray):
+            counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
+            self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
+        else:
+            self.status.value = f"done ({where})"
         self._viewer.layers.selection.active = layer_out
 
     def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None):
         """Put the prediction in a Labels layer, never overwriting user edits."""
-        full_shape = tuple(self._job["data_shape"][:-1] if self._job["rgb"] else self._job["data_shape"])
+        full_shape = self._job["spatial"]
         existing = find_result_layer(self._viewer, image_layer.name)
         if existing is not None and tuple(existing.data.shape) == full_shape and not was_edited(existing):
             if plane is None:
@@ -237,9 +280,10 @@ class SegmentWidget(Container):
                 show_info(
                     f"'{existing.name}' has your edits, so it was kept; the new result is a new layer."
                 )
-            data = labels if plane is None else np.zeros(full_shape, np.uint8)
+            data = labels if plane is None else empty_labels(full_shape, self._job["chunked"])
             if plane is not None:
                 data[plane] = labels
+            extra = {k: v for k, v in image_layer.metadata.items() if k != META_KEY}
             target = self._viewer.add_labels(
                 data,
                 name=result_layer_name(image_layer.name),
@@ -248,13 +292,16 @@ class SegmentWidget(Container):
                 colormap=labels_colormap(config.classes),
                 features=class_features(config.classes),
                 opacity=0.6,
+                metadata=extra,  # the scan's geometry (affine) travels to the writers
             )
+            target.events.paint.connect(_mark_edited(target))
         target.metadata[META_KEY] = {
             **target.metadata.get(META_KEY, {}),
             "role": "segmentation",
             "image_layer": image_layer.name,
             "model": config.name,
             "classes": {c.id: c.name for c in config.classes},
-            "digest": labels_digest(target.data),
+            "digest": labels_digest(target.data) if isinstance(target.data, np.ndarray) else None,
+            "edited": False,
         }
         return target
