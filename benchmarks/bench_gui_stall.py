@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="edge of the generated 2D scan")
     parser.add_argument("--base-channels", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--cold", action="store_true", help="start at once, before the widget's warm-up ends")
     parser.add_argument("--timeline", action="store_true", help="print when each event reached the GUI")
     args = parser.parse_args(argv)
 
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         original(event)
 
     widget._on_event = count
+    waited = time.perf_counter()
+    while not (args.cold or widget.warmed_up) and time.perf_counter() - waited < 60:
+        app.processEvents()  # the widget imports the training code in the background
+        time.sleep(0.01)
     for _ in range(20):  # settle the window first
         app.processEvents()
         time.sleep(0.01)

@@ -67,6 +67,7 @@ def _spatial(scan, what: str, path: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from napari_unet.core.finetune import finetune_iter
+    from napari_unet.core.predict import run_to_end
     from napari_unet.core.weights import ModelError, is_bundled_path, save_model
 
     output = Path(args.output)
@@ -120,17 +121,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         add_classes=args.add_classes,
     )
+    def show(event) -> None:
+        extra = f"loss {event.loss:.3f}"
+        if event.best_val_dice is not None:
+            extra += f" val Dice {event.best_val_dice:.3f}"
+        bar.update(int(round(1000 * event.fraction)), 1000, extra)
+
     try:
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            extra = f"loss {event.loss:.3f}"
-            if event.best_val_dice is not None:
-                extra += f" val Dice {event.best_val_dice:.3f}"
-            bar.update(int(round(1000 * event.fraction)), 1000, extra)
+        result = run_to_end(generator, show)
     except ValueError as exc:
         generator.close()
         raise CLIError(" ".join(str(exc).split())) from exc

@@ -47,7 +47,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_unet.core.predict import PredictOptions, image_layout, predict_iter, spatial_shape
+    from napari_unet.core.predict import (
+        PredictOptions,
+        image_layout,
+        predict_iter,
+        run_to_end,
+        spatial_shape,
+    )
     from napari_unet.io import IOErrorMessage, labels_output
 
     try:
@@ -73,13 +79,7 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("predict", delay=0.0 if not args.quiet else 1e9)
     generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"), out=sink.array)
     try:
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            bar.update(event.done, event.total)
+        result = run_to_end(generator, lambda event: bar.update(event.done, event.total))
         bar.close()
         sink.commit()
     except (ValueError, IOErrorMessage) as exc:

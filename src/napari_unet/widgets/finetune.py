@@ -36,8 +36,23 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._common import META_KEY, LayerProblem, check_image_layer, run_generator, show_error, show_info, show_warning
-from .corrections import bind_review_key, current_slice, show_trusted, tracker_for, trusted_layer_name
+from ._common import (
+    META_KEY,
+    LayerProblem,
+    check_image_layer,
+    run_generator,
+    show_error,
+    show_info,
+    show_warning,
+    synchronous,
+)
+from .corrections import (
+    bind_review_key,
+    current_slice,
+    show_trusted,
+    tracker_for,
+    trusted_layer_name,
+)
 from .segment import DEVICES, find_result_layer, model_choices
 
 if TYPE_CHECKING:
@@ -108,6 +123,22 @@ def _store_version_of(store: Any, source: str | None) -> str | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def warm_up() -> Generator[None, None, None]:
+    """Import what a fine-tune needs, off the GUI thread, before the first click.
+
+    The first optimiser made in a process imports a large part of torch; any
+    import holds the GIL for long stretches, which would freeze the window for
+    up to a second at the start of the first round if left to the run itself.
+    """
+    import torch
+
+    import napari_unet.core.finetune  # noqa: F401
+    import napari_unet.core.predict  # noqa: F401
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    yield None
 
 
 def _accepts(function: Any, name: str) -> bool:
@@ -328,6 +359,9 @@ class FinetuneWidget(Container):
             self._attach(layer)
         self._on_image_choice()
         self._update_trusted_status()
+        self.warmed_up = synchronous()
+        if not self.warmed_up:
+            run_generator(warm_up, on_finish=lambda: setattr(self, "warmed_up", True))
 
     # ------------------------------------------------------------- plumbing
     @property
