@@ -35,7 +35,14 @@ import torch
 from napari_unet.core.config import ModelConfig, UNetConfig
 from napari_unet.core.datasets import SimulatedBatches, simulated_batches
 from napari_unet.core.train import TrainOptions, train_iter
-from napari_unet.core.weights import CONFIG_FILE, WEIGHTS_FILE, load_model_folder, new_model, save_model, sha256_of
+from napari_unet.core.weights import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_model_folder,
+    new_model,
+    save_model,
+    sha256_of,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "src" / "napari_unet" / "models"

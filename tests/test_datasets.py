@@ -36,7 +36,7 @@ def _write_pair(root, name, image, labels, image_ext=".tif", label_ext=".tif"):
 
             imsave(path, array, check_contrast=False)
         else:
-            tifffile.imwrite(path, array)
+            tifffile.imwrite(path, array, photometric="minisblack")
 
 
 def _disc(shape=(40, 52)):

@@ -142,3 +142,22 @@ def test_dask_volume_gives_a_chunked_result(widget, qtbot, monkeypatch):
     w.segment()
     _wait(qtbot, w)
     assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 2
+
+
+def test_reviewed_slice_counts_as_user_work(widget, qtbot, blob_image):
+    """A slice marked reviewed (no pixel changed) is still kept on re-segmenting."""
+    from napari_unet.widgets.corrections import tracker_for
+
+    viewer, w = widget
+    viewer.add_image(blob_image, name="scan")
+    w.reset_choices()
+    w.segment()
+    _wait(qtbot, w)
+    result = viewer.layers["scan segmentation"]
+    assert result.metadata["napari_unet"]["model_source"]
+    tracker = tracker_for(result, create=False)
+    assert tracker is not None  # corrections are recorded from the first stroke
+    tracker.set_reviewed(0)
+    w.segment()
+    _wait(qtbot, w)
+    assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 2

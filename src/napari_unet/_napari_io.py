@@ -22,6 +22,7 @@ import numpy as np
 
 from .io import IOErrorMessage, Scan, ScanMeta, format_of, read_all_axes, write_labels
 from .io.base import is_zarr_folder
+from .io.trusted import metadata_from_sidecar, write_sidecar_from_metadata
 
 LayerData = tuple[Any, dict[str, Any], str]
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -95,6 +96,11 @@ def layer_data(scan: Scan) -> LayerData:
     if pyramid:
         data = [scan.data, *pyramid]
         kwargs["multiscale"] = True
+    # a trusted-pixel sidecar marks a corrected label image (whatever its dtype)
+    record = metadata_from_sidecar(scan.source) if scan.source else None
+    if record is not None and not scan.rgb:
+        kwargs["metadata"].setdefault("napari_unet", {})["trusted"] = record
+        return data, kwargs, "labels"
     if scan.is_labels:
         return data, kwargs, "labels"
     if scan.rgb:
@@ -166,7 +172,9 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         data = data[0]
     shape = tuple(int(s) for s in data.shape)
     written = write_labels(path, data, like=meta_from_layer(meta, shape), overwrite=True)
-    return [str(written)]
+    # corrections (trusted pixels) travel with the labels, so fine-tuning resumes after a restart
+    sidecar = write_sidecar_from_metadata(written, meta.get("metadata"))
+    return [str(written)] + ([str(sidecar)] if sidecar else [])
 
 
 def write_labels_nifti(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

@@ -318,7 +318,7 @@ def _ct_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np
     spine_c = (center[0] + 0.6 * axes[0], center[1])
     spine, box, rr = _blob_mask(rng, shape, spine_c, 0.11 * axes[0], 0.2)
     image[box][spine] = np.where(rr[spine] > 0.7, 800.0, 250.0)
-    for k in range(rng.integers(4, 12)):
+    for _ in range(rng.integers(4, 12)):
         t = rng.uniform(0, 2 * np.pi)
         c = (center[0] + 0.86 * axes[0] * math.sin(t), center[1] + 0.86 * axes[1] * math.cos(t))
         rib, box, _ = _blob_mask(rng, shape, c, rng.uniform(0.02, 0.04) * s * zoom, 0.2, 2.0, t + np.pi / 2)
@@ -349,7 +349,7 @@ def _em_background(rng: np.random.Generator, shape: tuple[int, int], real: bool)
     return image.astype(np.float32), np.ones(shape, bool)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _real_image(name: str) -> np.ndarray:
     from skimage import data
     from skimage.color import rgb2gray

@@ -26,10 +26,9 @@ opened again. See ``docs/finetune.md``.
 
 from __future__ import annotations
 
-import base64
 import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
+from ..io.trusted import (
+    TRUSTED_SUFFIX,
+    read_trusted_file,
+    trusted_metadata,
+    unpack_mask,
+    write_trusted_file,
+)
 from ._common import META_KEY
 
 if TYPE_CHECKING:
@@ -54,7 +60,6 @@ __all__ = [
 ]
 
 #: Sidecar written beside saved labels: ``scan_labels.tif`` -> ``scan_labels.tif.trusted.npz``.
-TRUSTED_SUFFIX = ".trusted.npz"
 #: Values of the overlay layer: edited pixels, and pixels trusted only by review.
 OVERLAY_EDITED = 1
 OVERLAY_REVIEWED = 2
@@ -101,40 +106,6 @@ def _atom_applied(data: Any, atom: Any) -> bool:
     new = atom.new_value if _is_masked_atom(atom) else atom[2]
     current = _current_values(data, atom)
     return bool(np.all(current == np.broadcast_to(new, current.shape)))
-
-
-# ------------------------------------------------------------- mask (de)coding
-def _pack_mask(mask: np.ndarray) -> str:
-    return base64.b64encode(zlib.compress(np.packbits(mask, axis=None).tobytes(), 6)).decode("ascii")
-
-
-def _unpack_mask(text: str, shape: Sequence[int]) -> np.ndarray:
-    raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
-    count = int(np.prod(shape))
-    return np.unpackbits(raw, count=count).astype(bool).reshape(tuple(shape))
-
-
-def write_trusted_file(path: str | Path, edited: np.ndarray, reviewed: Sequence[int]) -> Path:
-    """Write the edited-pixel mask and reviewed slices to an ``.npz`` sidecar."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            edited=np.packbits(edited, axis=None),
-            shape=np.asarray(edited.shape, dtype=np.int64),
-            reviewed=np.asarray(sorted(reviewed), dtype=np.int64),
-        )
-    return path
-
-
-def read_trusted_file(path: str | Path) -> tuple[np.ndarray, list[int]]:
-    """``(edited mask, reviewed slices)`` from a sidecar written by :func:`write_trusted_file`."""
-    with np.load(Path(path), allow_pickle=False) as data:
-        shape = tuple(int(s) for s in data["shape"])
-        edited = np.unpackbits(data["edited"], count=int(np.prod(shape))).astype(bool).reshape(shape)
-        reviewed = [int(i) for i in data["reviewed"]]
-    return edited, reviewed
 
 
 def trusted_layer_name(layer_name: str) -> str:
@@ -393,10 +364,10 @@ class CorrectionTracker:
         stored = layer.metadata.get(META_KEY, {}).get("trusted")
         if isinstance(stored, dict) and tuple(stored.get("shape", ())) == self.shape:
             try:
-                self._base = _unpack_mask(stored["edited"], self.shape)
+                self._base = unpack_mask(stored["edited"], self.shape)
                 self._reviewed = {int(i) for i in stored.get("reviewed", [])}
                 return
-            except (KeyError, ValueError, zlib.error):
+            except (KeyError, ValueError, TypeError, OSError, zlib.error):
                 pass
         source = getattr(getattr(layer, "source", None), "path", None)
         if source:
@@ -414,12 +385,7 @@ class CorrectionTracker:
         if layer is None:
             return
         meta = layer.metadata.setdefault(META_KEY, {})
-        meta["trusted"] = {
-            "shape": list(self.shape),
-            "reviewed": sorted(self._reviewed),
-            "edited": _pack_mask(self.edited_mask()),
-            "encoding": "packbits+zlib+base64",
-        }
+        meta["trusted"] = trusted_metadata(self.edited_mask(), self._reviewed)
 
     def _changed(self, edits: bool = True) -> None:
         if edits:

@@ -105,6 +105,11 @@ def was_edited(layer) -> bool:
     meta = layer.metadata.get(META_KEY, {})
     if meta.get("edited"):
         return True
+    from .corrections import tracker_for
+
+    tracker = tracker_for(layer, create=False)
+    if tracker is not None and (tracker.reviewed or tracker.edited_mask().any()):
+        return True  # reviewed slices are the user's work even where no pixel changed
     if isinstance(layer.data, np.ndarray):
         return meta.get("digest") != labels_digest(layer.data)
     return False
@@ -143,7 +148,7 @@ def segment_job(
     image = data if plane is None else data[plane]
     options = PredictOptions(device=device, tile=tile)
     result = yield from predict_iter(image, model, options, rgb=rgb, intensity_ranges=ranges, out=out)
-    return model.config, result.labels, plane
+    return model.config, result.labels, plane, model.source
 
 
 class SegmentWidget(Container):
@@ -252,10 +257,10 @@ class SegmentWidget(Container):
             self.progress.visible = False
 
     def _on_result(self, result) -> None:
-        config, labels, plane = result
+        config, labels, plane, source = result
         self._job["outcome"] = "done"
         layer = self._job["layer"]
-        layer_out = self._store_result(layer, config, labels, plane)
+        layer_out = self._store_result(layer, config, labels, plane, source)
         where = f"slice {plane}" if plane is not None else "image"
         if isinstance(labels, np.ndarray):
             counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
@@ -264,7 +269,7 @@ class SegmentWidget(Container):
             self.status.value = f"done ({where})"
         self._viewer.layers.selection.active = layer_out
 
-    def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None):
+    def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None, source: str):
         """Put the prediction in a Labels layer, never overwriting user edits."""
         full_shape = self._job["spatial"]
         existing = find_result_layer(self._viewer, image_layer.name)
@@ -295,11 +300,15 @@ class SegmentWidget(Container):
                 metadata=extra,  # the scan's geometry (affine) travels to the writers
             )
             target.events.paint.connect(_mark_edited(target))
+            from .corrections import tracker_for
+
+            tracker_for(target)  # record corrections from the first brush stroke on
         target.metadata[META_KEY] = {
             **target.metadata.get(META_KEY, {}),
             "role": "segmentation",
             "image_layer": image_layer.name,
             "model": config.name,
+            "model_source": source,
             "classes": {c.id: c.name for c in config.classes},
             "digest": labels_digest(target.data) if isinstance(target.data, np.ndarray) else None,
             "edited": False,
