@@ -22,7 +22,7 @@ import torch
 from napari_unet.core.config import ModelConfig, UNetConfig
 from napari_unet.core.device import cpu_has_native_bf16
 from napari_unet.core.model import conv_flops, count_parameters
-from napari_unet.core.predict import PredictOptions, predict, prepare_network
+from napari_unet.core.predict import predict, prepare_network
 from napari_unet.core.weights import new_model
 
 
@@ -71,9 +71,9 @@ def main() -> None:
         x = torch.randn(1, arch.in_channels, size, size).contiguous(memory_format=torch.channels_last)
         flops = conv_flops(arch, size, size)
         with torch.inference_mode():
-            t32 = best_time(lambda: net(x), args.repeats)
+            t32 = best_time(lambda x=x: net(x), args.repeats)
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                t16 = best_time(lambda: net(x), 1)
+                t16 = best_time(lambda x=x: net(x), 1)
         print(f"U-Net {size}x{size}: {flops / 1e9:.1f} GFLOP; float32 {t32 * 1e3:.0f} ms = {flops / t32 / 1e9:.0f} GFLOP/s "
               f"({flops / t32 / 1e9 / fp32_peak:.0%} of fp32 matmul peak); bfloat16 {t16 * 1e3:.0f} ms = "
               f"{flops / t16 / 1e9:.0f} GFLOP/s ({flops / t16 / 1e9 / bf16_peak:.0%} of bf16 matmul peak)")
