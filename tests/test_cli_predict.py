@@ -13,7 +13,7 @@ from napari_unet.cli import main
 def stack_tif(tmp_path):
     path = tmp_path / "stack.tif"
     data = np.random.default_rng(0).integers(0, 3000, (3, 37, 45)).astype(np.uint16)
-    tifffile.imwrite(path, data)
+    tifffile.imwrite(path, data, photometric="minisblack")
     return path
 
 
