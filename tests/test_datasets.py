@@ -139,3 +139,10 @@ def test_split_is_fixed_by_seed(tmp_path):
     assert len(val) == 2 and len(train) == 8
     assert split_pairs(list(reversed(pairs)), 0.2, seed=3) == (train, val)
     assert split_pairs(pairs[:1], 0.5, seed=3) == (pairs[:1], [])
+
+
+def test_binary_masks_map_to_one_class(tmp_path, config):
+    image, labels = _disc()
+    _write_pair(tmp_path, "vessels", image, labels * 255)
+    loaded = load_pair(find_pairs(tmp_path)[0], config, foreground_class=2)
+    assert set(np.unique(loaded.y)) == {0, 2}

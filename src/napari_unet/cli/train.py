@@ -6,12 +6,15 @@ Data comes from a folder of pairs and/or the scan simulator::
     DATA/images/case02.png   DATA/labels/case02.png     (TIFF, PNG/JPEG, NPY)
 
 Labels hold one class id per pixel: 0 background, 1 tumor, 2 nerve (the
-bundled classes), so a binary vessel mask saved as 0/255 must be mapped to
-0/2 first. Examples::
+bundled classes); binary masks (0/1 or 0/255) are mapped to one class with
+``--foreground-class``. Examples::
 
-    # a model of your own on a public dataset (e.g. DRIVE vessels as class 2,
-    # or the LGG brain MRI set with tumor masks as class 1), an hour on a CPU:
-    napari-unet train --data DRIVE/ --out my-model --minutes 60
+    # a model of your own on a public dataset, an hour on a CPU: DRIVE retina
+    # vessels (masks converted to PNG/TIFF, names matched) as class 2 ...
+    napari-unet train --data DRIVE/ --foreground-class 2 --out drive-model --minutes 60
+    # ... or the LGG brain MRI slices (TCGA_*_N.tif + TCGA_*_N_mask.tif moved
+    # to images/ and labels/ under the same name) with tumors as class 1:
+    napari-unet train --data LGG/ --foreground-class 1 --out lgg-model --minutes 60
 
     # start from the bundled model and mix in simulated scans:
     napari-unet train --data DRIVE/ --simulate --model unet-sim-v1 --out my-model --steps 2000
@@ -51,6 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="share of each batch from the simulator when --data is also given (default 0.5)")
     src.add_argument("--val-fraction", type=float, default=0.2,
                      help="share of the folder's pairs held out for validation (fixed by --seed; default 0.2)")
+    src.add_argument("--foreground-class", type=int, default=None, metavar="ID",
+                     help="binary masks (0/1, 0/255): map every non-zero label to class ID "
+                          "(1 tumor, 2 nerve), e.g. 2 for DRIVE vessel masks, 1 for LGG tumor masks")
     src.add_argument("--augment", choices=("heavy", "light", "none"), default=None,
                      help="augmentation of folder pairs (default: heavy from scratch, light from a base model)")
     m = p.add_argument_group("model")
@@ -107,6 +113,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CLIError("--minutes must be positive")
     if not 0 <= args.simulate_fraction <= 1:
         raise CLIError("--simulate-fraction must be between 0 and 1")
+    if args.foreground_class is not None and args.foreground_class < 1:
+        raise CLIError("--foreground-class must be a class id >= 1 (1 tumor, 2 nerve)")
     if not 0 <= args.val_fraction < 1:
         raise CLIError("--val-fraction must be in [0, 1)")
     if args.batch_size < 1 or args.patch < 16:
@@ -159,8 +167,8 @@ def _build_data(args: argparse.Namespace, model):
         try:
             pairs = [pair for folder in args.data for pair in find_pairs(folder)]
             train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, args.seed)
-            train_loaded = [load_pair(p, config) for p in train_pairs]
-            val_loaded = [load_pair(p, config) for p in val_pairs]
+            train_loaded = [load_pair(p, config, args.foreground_class) for p in train_pairs]
+            val_loaded = [load_pair(p, config, args.foreground_class) for p in val_pairs]
         except DatasetError as exc:
             raise CLIError(str(exc)) from exc
         augment = {

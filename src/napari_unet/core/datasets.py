@@ -250,12 +250,15 @@ class LoadedPair:
     y: np.ndarray
 
 
-def load_pair(pair: Pair, model_config: ModelConfig) -> LoadedPair:
+def load_pair(pair: Pair, model_config: ModelConfig, foreground_class: int | None = None) -> LoadedPair:
     """Read and check a pair; normalise the image as the predictor would.
 
     Accepts 2D grey (H,W), RGB (H,W,3) and stacks (Z,H,W) / (Z,H,W,3) with
-    labels of the matching spatial shape. Raises :class:`DatasetError` naming
-    the file for unreadable files, mismatched shapes or unknown class ids.
+    labels of the matching spatial shape. ``foreground_class`` maps every
+    non-zero label to that class id (binary masks saved as 0/1 or 0/255,
+    e.g. vessel or tumor masks of public datasets). Raises
+    :class:`DatasetError` naming the file for unreadable files, mismatched
+    shapes or unknown class ids.
     """
     from napari_unet.io import IOErrorMessage, read_scan
 
@@ -284,12 +287,14 @@ def load_pair(pair: Pair, model_config: ModelConfig) -> LoadedPair:
         if not np.all(np.mod(labels, 1) == 0):
             raise DatasetError(f"{pair.labels}: labels must be integers, got {labels.dtype} with fractions")
     labels = labels.astype(np.int64)
+    if foreground_class is not None:
+        labels = np.where(labels != 0, foreground_class, 0)
     k = model_config.architecture.num_classes
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
         raise DatasetError(
             f"{pair.labels}: class ids must be 0..{k - 1} for this model, found {lo}..{hi} "
-            "(a binary mask saved as 0/255? divide it by 255 and map to a class id)"
+            "(a binary mask saved as 0/255? pass foreground_class / --foreground-class)"
         )
     arch = model_config.architecture
     ranges = percentile_range(image, model_config.input, rgb)

@@ -25,7 +25,7 @@ On top of any modality:
 
 * tumors (label 1): compact irregular lesions, brighter or darker than their
   surroundings, heterogeneous inside (texture, necrotic core, enhancing rim),
-  sharp or diffuse edges, 3 px to a third of the field across, none to
+  sharp or diffuse edges, 2 % (at least 3 px) to a third of the field across, none to
   several per image;
 * nerves/vessels (label 2): branching random-walk trees, 1 to 12 px wide,
   tapering, crossing, brighter or darker than the background (always darker
@@ -76,18 +76,19 @@ class SimulatorConfig:
     ``tumor_probability``/``nerve_probability`` are the chances an image has
     any lesion / any vessel tree; ``max_tumors`` bounds lesions per image.
     ``tumor_diameter`` is a fraction of the shorter image side;
-    ``nerve_width`` in pixels (1 to 12). ``contrast`` scales how far lesions
-    and vessels stand out from their surroundings (1.0 = a typical tissue
-    difference). ``augment`` switches the geometric and intensity
+    ``nerve_width`` in pixels (1 to 12). ``tumor_contrast`` and ``contrast``
+    scale how far lesions and vessels stand out from their surroundings
+    (1.0 = a typical tissue difference). ``augment`` switches the geometric and intensity
     augmentation; ``real_backgrounds`` allows scikit-image's CC0 textures.
     """
 
-    tumor_probability: float = 0.75
+    tumor_probability: float = 0.9
     max_tumors: int = 3
-    tumor_diameter: tuple[float, float] = (0.012, 0.34)
+    tumor_diameter: tuple[float, float] = (0.02, 0.34)
+    tumor_contrast: tuple[float, float] = (0.5, 1.2)
     nerve_probability: float = 0.8
     nerve_width: tuple[float, float] = (1.0, 12.0)
-    contrast: tuple[float, float] = (0.25, 1.0)
+    contrast: tuple[float, float] = (0.35, 1.0)
     augment: bool = True
     real_backgrounds: bool = True
 
@@ -310,7 +311,7 @@ def _ct_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np
     texture = ndimage.gaussian_filter(fractal_noise(rng, shape, beta=2.0, cutoff=8.0), 1.0)
     image += inner * texture * 6
     # bowel gas pockets and fat islands
-    for _ in range(rng.poisson(4)):
+    for _ in range(rng.poisson(1)):
         c = (center[0] + rng.normal(0, 0.3) * axes[0], center[1] + rng.normal(0, 0.3) * axes[1])
         blob, box, _ = _blob_mask(rng, shape, c, rng.uniform(0.01, 0.05) * s * zoom, 0.5)
         image[box][blob] = rng.choice((-900.0, -90.0))
@@ -329,7 +330,7 @@ def _ct_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np
 
 def _em_background(rng: np.random.Generator, shape: tuple[int, int], real: bool) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
-    if real and rng.random() < 0.5:
+    if real and rng.random() < 0.35:
         image = _real_crop(rng, shape)
     else:
         image = fractal_noise(rng, shape, beta=rng.uniform(1.2, 2.8), cutoff=rng.uniform(2, 20))
@@ -340,9 +341,9 @@ def _em_background(rng: np.random.Generator, shape: tuple[int, int], real: bool)
         else:
             image = 0.5 + 0.12 * image
         # vesicles / organelles: small rings and dots (not labelled)
-        for _ in range(rng.poisson(12)):
+        for _ in range(rng.poisson(3)):
             c = (rng.uniform(0, h), rng.uniform(0, w))
-            blob, box, rr = _blob_mask(rng, shape, c, rng.uniform(2, 9), 0.3)
+            blob, box, rr = _blob_mask(rng, shape, c, rng.uniform(2, 6), 0.3)
             shade = rng.uniform(-0.2, 0.2)
             region = image[box]
             region[blob] += shade * np.where(rr[blob] > 0.7, 1.5, 0.5)
@@ -433,14 +434,14 @@ def _add_tumors(
         if not mask.any():
             continue
         sign = rng.choice((-1.0, 1.0))
-        contrast = sign * rng.uniform(*config.contrast) * scale
+        contrast = sign * rng.uniform(*config.tumor_contrast) * scale
         inside = np.ones_like(rho)
-        if rng.random() < 0.7:  # heterogeneous interior
-            tex = fractal_noise(rng, rho.shape, beta=rng.uniform(1.5, 3.0), cutoff=1.0) if min(rho.shape) > 4 else 0
-            inside = inside + rng.uniform(0.1, 0.45) * tex
-        if diameter > 12 and rng.random() < 0.35:  # necrotic core / enhancing rim
+        if min(rho.shape) > 4:  # heterogeneous interior
+            tex = fractal_noise(rng, rho.shape, beta=rng.uniform(1.5, 3.0), cutoff=1.0)
+            inside = inside + rng.uniform(0.15, 0.45) * tex
+        if diameter > 12 and rng.random() < 0.25:  # necrotic core / enhancing rim
             core = rho < rng.uniform(0.3, 0.6)
-            inside = np.where(core, inside * rng.uniform(-0.3, 0.4), inside * rng.uniform(1.0, 1.4))
+            inside = np.where(core, inside * rng.uniform(0.2, 0.5), inside * rng.uniform(1.0, 1.4))
         edge_sigma = rng.uniform(0.0, 0.4 * diameter / 2 + 0.01) if rng.random() < 0.5 else 0.0
         weight = mask.astype(np.float32)
         if edge_sigma > 0.4:
