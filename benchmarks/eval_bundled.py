@@ -104,6 +104,28 @@ def retina_pictures(model, out_dir: Path) -> dict:
     }
 
 
+def simulated_examples(model, seed: int, path: Path, per_modality: int = 2) -> None:
+    """A montage of held-out simulated scans: image / truth / prediction."""
+    from skimage.io import imsave
+
+    rng = _seeded(seed, TEST_STREAM)
+    config = SETS["standard"]
+    colours = np.array([[0, 0, 0], [255, 59, 48], [255, 214, 10]], np.uint8)
+    columns = []
+    for modality in MODALITIES:
+        for _ in range(per_modality):
+            image, labels = simulate_scan(rng, (256, 256), modality, config=config)
+            pred = predict(image, model, device="cpu", precision="float32").labels
+            grey = image.mean(axis=-1) if image.ndim == 3 else image
+            lo, hi = np.percentile(grey, (1, 99.5))
+            grey = (np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+            panel = [np.stack([grey] * 3, -1), colours[labels], colours[pred]]
+            columns.append(np.concatenate([np.pad(a, ((2, 2), (2, 2), (0, 0)), constant_values=255)
+                                           for a in panel], axis=0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, np.concatenate(columns, axis=1), check_contrast=False)
+
+
 def _components(mask: np.ndarray) -> int:
     from scipy import ndimage
 
@@ -134,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {modality} | {row['tumor']} | {row['nerve']} |")
     if args.pictures:
         report["retina"] = retina_pictures(model, args.pictures)
+        simulated_examples(model, args.seed, args.pictures / "simulated_predictions.png")
         print(f"\nretina photo: {report['retina']}")
     report["real_labelled"] = "none available in the installed packages"
     if args.json:

@@ -86,6 +86,7 @@ def install(folder: Path, name: str) -> Path:
     tmp.mkdir(parents=True)
     for filename in (WEIGHTS_FILE, CONFIG_FILE):
         shutil.copy2(folder / filename, tmp / filename)
+        (tmp / filename).chmod(0o644)  # readable by everyone once installed
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     registry_path = MODELS / "registry.json"
