@@ -160,3 +160,17 @@ def test_cpu_precision_follows_native_bf16(monkeypatch):
     assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize("zoom", [0.5, 1.7])
+def test_zoom_returns_labels_at_the_image_size(tiny_model, zoom):
+    stack = np.random.default_rng(0).random((2, 45, 37)).astype(np.float32)
+    result = predict(stack, tiny_model, device="cpu", zoom=zoom, return_probabilities=True)
+    assert result.labels.shape == (2, 45, 37)
+    assert result.probabilities.shape == (3, 2, 45, 37)
+    np.testing.assert_allclose(result.probabilities.sum(0), 1.0, atol=1e-3)
+
+
+def test_zoom_is_validated():
+    with pytest.raises(ValueError, match="zoom"):
+        PredictOptions(zoom=0)

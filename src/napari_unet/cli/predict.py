@@ -38,6 +38,11 @@ def add_parser(subparsers) -> None:
         help="numeric precision (default: auto = float16 on GPUs, bfloat16 on CPUs with native support, else float32)",
     )
     p.add_argument(
+        "--zoom", type=float, default=1.0,
+        help="resample each slice by this factor before the model and back after (e.g. 0.5 when "
+        "structures are twice as large as the model expects); default 1",
+    )
+    p.add_argument(
         "--index", type=int, default=None,
         help="for 4D/5D inputs: which time point / channel volume to segment (0-based)",
     )
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = PredictOptions(
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-            precision=args.precision,
+            precision=args.precision, zoom=args.zoom,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc

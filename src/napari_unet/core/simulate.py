@@ -35,18 +35,28 @@ On top of any modality:
 
 Everything is drawn from one ``numpy.random.Generator``, so the same seed
 gives the same pair on every machine with the same NumPy/SciPy. A 256x256
-pair takes about 10-30 ms on one CPU core.
+pair takes about 20-40 ms of one CPU core.
 
 API::
 
     image, labels = simulate_scan(seed, size=(256, 256), modality=None)
     volume, labels3d = simulate_volume(seed, shape=(16, 128, 128), modality="mri")
 
-``modality=None`` picks one at random (see :data:`MODALITY_WEIGHTS`). To
-generate "a style the bundled model handles poorly", pass a
-:class:`SimulatorConfig` with e.g. ``nerve_width=(8, 12)`` and low contrast
-(``contrast=(0.05, 0.1)``), or ``modality="em"`` with
-``real_backgrounds=True``: those are the hard cases listed in the model card.
+``modality=None`` picks one at random (see :data:`MODALITY_WEIGHTS`).
+
+Styles the bundled model ``unet-sim-v1`` handles poorly (measured in
+``docs/model-card.md``; use them to show what fine-tuning buys)::
+
+    # thick, faint vessels: nerve Dice 0.10
+    SimulatorConfig(tumor_probability=0.0, nerve_probability=1.0,
+                    nerve_width=(8.0, 12.0), contrast=(0.08, 0.2))
+    # small lesions (3-10 px across): tumor Dice 0.01
+    SimulatorConfig(tumor_probability=1.0, nerve_probability=0.0,
+                    tumor_diameter=(0.012, 0.04))
+    # EM/microscopy-like textures: modality="em" (nerve Dice 0.15)
+
+Changing a default here changes what ``scripts/train_bundled.py`` reproduces:
+the bundled weights were trained with the defaults as they are.
 """
 
 from __future__ import annotations
@@ -582,7 +592,8 @@ def simulate_scan(
                       rng.uniform(0, 2 * np.pi)) for _ in range(trunks)]
             roots += _vessel_roots(rng, shape, int(rng.integers(0, 4)))
             weights = np.array([rng.uniform(0.15, 0.4), 0.45, 0.25], np.float32)
-            width = (config.nerve_width[0], min(config.nerve_width[1], max(disc_r * 0.35, 2.0)) + 1)
+            low = config.nerve_width[0]
+            width = (low, max(low, min(config.nerve_width[1], max(disc_r * 0.35, 2.0)) + 1))
             _add_vessels(rng, image, labels, roots, config, 0.9, sign=-1.0, rgb_weights=weights,
                          width=width, region=retina)
         image = np.clip(image, 0, None)
