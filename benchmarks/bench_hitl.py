@@ -23,7 +23,7 @@ Usage::
     python benchmarks/bench_hitl.py --model DIR        # any model folder as the start
     python benchmarks/bench_hitl.py --seconds 3 --ks 1 --test-slices 2 --size 64 --no-plot   # smoke
 
-Writes ``docs/hitl_curve.png`` and prints a table (and ``--json PATH``).
+Writes ``docs/images/hitl_curve.png`` and prints a table (and ``--json PATH``).
 Not part of the test suite.
 """
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="fine-tuning budget (default: the library's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "hitl_curve.png")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "hitl_curve.png")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)

@@ -161,3 +161,22 @@ def test_reviewed_slice_counts_as_user_work(widget, qtbot, blob_image):
     w.segment()
     _wait(qtbot, w)
     assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 2
+
+
+def test_docked_as_a_plugin(make_napari_viewer, qtbot, tiny_model_dir, blob_image):
+    """Through napari's plugin manager the widget sees a proxied viewer and proxied
+    layers; segmenting and correction tracking must work there too."""
+    from napari_unet.widgets.corrections import tracker_for
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image, name="scan")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    w.model.value = FOLDER_CHOICE
+    w.model_folder.value = str(tiny_model_dir)
+    w.segment()
+    _wait(qtbot, w)
+    assert "done" in w.status.value
+    labels = viewer.layers["scan segmentation"]
+    labels.paint((3, 3), 2)
+    tracker = tracker_for(labels, create=False)
+    assert tracker is not None and tracker.edited_mask().sum() > 0

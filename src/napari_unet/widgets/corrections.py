@@ -135,6 +135,7 @@ class CorrectionTracker:
     changed = Signal()
 
     def __init__(self, layer: Any, restore: bool = True) -> None:
+        layer = _unwrap(layer)
         self._layer_ref = weakref.ref(layer)
         self.shape: tuple[int, ...] = tuple(layer.data.shape)
         self._applied: list[list[Any]] = []  # live edits, oldest first (mirrors undo)
@@ -314,8 +315,8 @@ class CorrectionTracker:
 
         undo._napari_unet_hook = True  # type: ignore[attr-defined]
         redo._napari_unet_hook = True  # type: ignore[attr-defined]
-        undo.__doc__ = type(layer).undo.__doc__
-        redo.__doc__ = type(layer).redo.__doc__
+        undo.__doc__ = getattr(type(layer), "undo", undo).__doc__
+        redo.__doc__ = getattr(type(layer), "redo", redo).__doc__
         layer.undo = undo
         layer.redo = redo
 
@@ -394,8 +395,15 @@ class CorrectionTracker:
         self.changed.emit()
 
 
+def _unwrap(layer: Any) -> Any:
+    """The real layer behind napari's ``PublicOnlyProxy`` (what a plugin widget's
+    viewer hands out), so trackers attach to, and are found for, the layer itself."""
+    return getattr(layer, "__wrapped__", layer)
+
+
 def tracker_for(layer: Any, create: bool = True) -> CorrectionTracker | None:
     """The layer's :class:`CorrectionTracker`, attached on first use."""
+    layer = _unwrap(layer)
     tracker = _TRACKERS.get(layer)
     if tracker is None and create:
         tracker = CorrectionTracker(layer)
