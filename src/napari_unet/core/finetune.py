@@ -620,14 +620,10 @@ def finetune(
         options=options,
         stop=stop,
     )
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as finished:
-            result: FinetuneResult = finished.value
-            return result if return_result else result.model
-        if events is not None:
-            events(event)
+    from .predict import run_to_end
+
+    result: FinetuneResult = run_to_end(gen, events)
+    return result if return_result else result.model
 
 
 __all__ = [
