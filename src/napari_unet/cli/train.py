@@ -244,19 +244,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"napari-unet train: {model.name} on {data_text}; {len(validation)} validation batches",
           file=sys.stderr)
     bar = ProgressBar("train", delay=0.0)
+    from napari_unet.core.predict import run_to_end
+
     gen = train_iter(model, sampler, validation, options, checkpoint=checkpoint)
     last = None
     interrupted = False
+
+    def show(event) -> None:
+        nonlocal last
+        last = event
+        best = f" best val Dice {event.best_val_dice:.3f}" if event.best_val_dice is not None else ""
+        bar.update(int(event.fraction * 100), 100, f"step {event.step} loss {event.loss:.3f}{best}")
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            last = event
-            best = f" best val Dice {event.best_val_dice:.3f}" if event.best_val_dice is not None else ""
-            bar.update(int(event.fraction * 100), 100, f"step {event.step} loss {event.loss:.3f}{best}")
+        result = run_to_end(gen, show)
     except KeyboardInterrupt:
         interrupted = True
         gen.close()  # the model now holds the best weights
