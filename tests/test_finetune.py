@@ -187,3 +187,28 @@ def test_small_correction_gets_blocked_validation(small_model):
     near_val = ndimage.binary_dilation(entry.val_mask, iterations=1)
     assert not (near_val & (entry.train_mask > 0)).any()
     assert (entry.val_mask | (entry.train_mask > 0)).sum() <= mask.sum()
+
+
+def test_validation_blocks_hold_every_foreground_class():
+    """A thin vessel and a small lesion on a big reviewed slice: whatever the
+    seed, the held-back blocks contain both classes (a background-only
+    validation set would reward a model that predicts nothing), and the
+    training pixels keep some of each class."""
+    from napari_unet.core.finetune import _block_split
+
+    labels = np.zeros((256, 256), np.int64)
+    labels[100:103, 10:250] = 2  # a 3 px vessel across the slice
+    labels[30:50, 180:200] = 1  # a lesion filling about two 16 px blocks
+    trusted = np.ones(labels.shape, bool)
+    for seed in range(20):
+        train, val, blocks = _block_split(trusted, np.random.default_rng(seed), FinetuneOptions(), labels)
+        assert blocks
+        for cls in (1, 2):
+            assert (val & (labels == cls)).any(), (seed, cls)
+            assert ((train > 0) & (labels == cls)).any(), (seed, cls)
+    # a class in a single block is never held back whole
+    one_block = np.zeros_like(labels)
+    one_block[5:8, 5:8] = 1
+    for seed in range(10):
+        train, val, _ = _block_split(trusted, np.random.default_rng(seed), FinetuneOptions(), one_block)
+        assert ((train > 0) & (one_block == 1)).any() or not (val & (one_block == 1)).any()

@@ -62,7 +62,7 @@ def test_labels_are_exactly_where_the_structures_are_drawn(modality):
 
     drawn = SimulatorConfig(augment=False, real_backgrounds=False, contrast=(0.8, 0.8),
                             tumor_contrast=(0.8, 0.8), tumor_probability=1.0, nerve_probability=1.0)
-    hidden = SimulatorConfig(augment=False, real_backgrounds=False, contrast=(0.0, 0.0),
+    hidden = SimulatorConfig(augment=False, real_backgrounds=False, contrast=(0.0, 0.0), visibility=(0.0, 0.0),
                              tumor_contrast=(0.0, 0.0), tumor_probability=1.0, nerve_probability=1.0)
     for seed in range(3):
         image, labels = simulate_scan(seed, (96, 96), modality, config=drawn, rgb=False)
@@ -124,3 +124,36 @@ def test_fast_enough():
     per_scan = (time.process_time() - start) / 10
     # ~20-40 ms of CPU per scan; generous bound for slow CI machines
     assert per_scan < 0.15
+
+
+def test_labelled_structures_stand_out_from_their_local_texture():
+    """On busy backgrounds (scikit-image textures among them) the faintest
+    vessels and lesions the config asks for are still drawn at least
+    ``visibility`` x the local background std: a label never marks a
+    structure hidden in the texture. With the floor switched off the same
+    faint settings are drawn weaker (the floor is what makes them visible)."""
+    from napari_unet.core.simulate import _local_std
+
+    faint = dict(augment=False, real_backgrounds=True, contrast=(0.02, 0.02), tumor_contrast=(0.02, 0.02),
+                 tumor_probability=1.0, nerve_probability=1.0, tumor_diameter=(0.1, 0.2))
+    floor = SimulatorConfig(visibility=(2.0, 2.0), **faint)
+    none = SimulatorConfig(visibility=(0.0, 0.0), **faint)
+    hidden = SimulatorConfig(**{**faint, "contrast": (0.0, 0.0), "tumor_contrast": (0.0, 0.0)}, visibility=(0.0, 0.0))
+    ratios_floor, ratios_none = [], []
+    for seed in range(6):
+        image, labels = simulate_scan(seed, (96, 96), "em", config=floor)
+        weak, _ = simulate_scan(seed, (96, 96), "em", config=none)
+        plain, same = simulate_scan(seed, (96, 96), "em", config=hidden)
+        np.testing.assert_array_equal(labels, same)
+        # EM noise is added after the structures, so compare against the plain image's local std
+        local = _local_std(plain, (slice(0, 96), slice(0, 96)))
+        for cls in (1, 2):
+            where = labels == cls
+            if where.sum() < 20:
+                continue
+            ratios_floor.append(np.median(np.abs(image - plain)[where] / local[where]))
+            ratios_none.append(np.median(np.abs(weak - plain)[where] / local[where]))
+    assert len(ratios_floor) >= 6
+    # anti-aliased edges and soft profiles pull the median below the peak contrast
+    assert np.median(ratios_floor) > 1.2
+    assert np.median(ratios_floor) > 10 * np.median(ratios_none)

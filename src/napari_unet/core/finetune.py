@@ -192,7 +192,7 @@ def _layout(image: np.ndarray, labels: np.ndarray) -> tuple[bool, bool]:
 
 
 def _block_split(
-    trusted: np.ndarray, rng: np.random.Generator, options: FinetuneOptions
+    trusted: np.ndarray, rng: np.random.Generator, options: FinetuneOptions, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Hold back whole blocks of trusted pixels: (train_mask, val_mask, blocks).
 
@@ -201,8 +201,13 @@ def _block_split(
     blocks means no validation for this slice. Training pixels keep a guard
     band of ``edge // 8`` pixels away from validation blocks, so labels of a
     held-back block do not leak through neighbouring training pixels.
+
+    With ``labels``, the split is stratified: every foreground class whose
+    trusted pixels fill at least two blocks gets one held-back block that
+    contains it (never its last block), so validation can tell a model that
+    finds the structure from one that predicts background everywhere. The
+    remaining held-back blocks are drawn at random.
     """
-    h, w = trusted.shape
     empty = np.zeros_like(trusted, dtype=bool)
     if options.val_fraction == 0:
         return trusted.astype(np.float32), empty, []
@@ -216,16 +221,45 @@ def _block_split(
     if len(occupied) < 3:
         return trusted.astype(np.float32), empty, []
     n_val = max(1, int(round(options.val_fraction * len(occupied))))
-    chosen = occupied[rng.choice(len(occupied), size=n_val, replace=False)]
-    val_region = np.zeros_like(trusted, dtype=bool)
-    guard_region = np.zeros_like(trusted, dtype=bool)
     guard = max(1, edge // 8)
-    blocks = []
-    for by, bx in chosen:
-        y0, x0 = int(by) * edge, int(bx) * edge
-        val_region[y0 : y0 + edge, x0 : x0 + edge] = True
-        guard_region[max(0, y0 - guard) : y0 + edge + guard, max(0, x0 - guard) : x0 + edge + guard] = True
-        blocks.append((y0, x0, edge))
+    classes = [int(c) for c in np.unique(labels[trusted]) if c != 0] if labels is not None else []
+
+    def regions(picks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        val_region = np.zeros_like(trusted, dtype=bool)
+        guard_region = np.zeros_like(trusted, dtype=bool)
+        for by, bx in occupied[picks]:
+            y0, x0 = int(by) * edge, int(bx) * edge
+            val_region[y0 : y0 + edge, x0 : x0 + edge] = True
+            guard_region[max(0, y0 - guard) : y0 + edge + guard, max(0, x0 - guard) : x0 + edge + guard] = True
+        return val_region, guard_region
+
+    def keeps_training(picks: list[int]) -> bool:
+        """Every class still has training pixels outside the held-back blocks and their guard bands."""
+        if not classes:
+            return True
+        train = trusted & ~regions(picks)[1]
+        return all((train & (labels == c)).any() for c in classes)
+
+    picked: list[int] = []
+    for cls in classes:  # one held-back block per foreground class, when it can spare one
+        if len(picked) >= n_val:
+            break
+        per_block = _block_counts(trusted & (labels == cls), edge)[occupied[:, 0], occupied[:, 1]]
+        if any(per_block[i] > 0 for i in picked):
+            continue
+        for i in rng.permutation(np.flatnonzero(per_block > 0)):
+            if keeps_training([*picked, int(i)]):
+                picked.append(int(i))
+                break
+    for i in rng.permutation(len(occupied)):
+        if len(picked) >= n_val:
+            break
+        if int(i) not in picked and keeps_training([*picked, int(i)]):
+            picked.append(int(i))
+    if not picked:
+        return trusted.astype(np.float32), empty, []
+    val_region, guard_region = regions(picked)
+    blocks = [(int(by) * edge, int(bx) * edge, edge) for by, bx in occupied[picked]]
     val_mask = trusted & val_region
     train_mask = trusted & ~guard_region
     if not train_mask.any():  # never hold back everything
@@ -412,7 +446,7 @@ def prepare_corrections(
         slice_labels = np.asarray(labels[z] if z is not None else labels)
         key = f"{_fingerprint(raw)}:{z if z is not None else 0}"
         split_rng = np.random.default_rng([seed, int(key[:8], 16)])
-        train_mask, val_mask, blocks = _block_split(trusted, split_rng, options)
+        train_mask, val_mask, blocks = _block_split(trusted, split_rng, options, slice_labels)
         safe_labels = np.where(trusted, slice_labels, 0).astype(np.int64)
         corrections.append(
             Correction(

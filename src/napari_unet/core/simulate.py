@@ -88,7 +88,11 @@ class SimulatorConfig:
     ``tumor_diameter`` is a fraction of the shorter image side;
     ``nerve_width`` in pixels (1 to 12). ``tumor_contrast`` and ``contrast``
     scale how far lesions and vessels stand out from their surroundings
-    (1.0 = a typical tissue difference). ``augment`` switches the geometric and intensity
+    (1.0 = a typical tissue difference). ``visibility`` is a floor on that
+    contrast in units of the background's *local* standard deviation around
+    the structure (texture and anatomy, within ~6 px): a vessel on a busy
+    texture is drawn stronger, so no label marks a structure nobody could see
+    (``(0, 0)`` switches the floor off). ``augment`` switches the geometric and intensity
     augmentation; ``real_backgrounds`` allows scikit-image's CC0 textures.
     """
 
@@ -99,6 +103,7 @@ class SimulatorConfig:
     nerve_probability: float = 0.8
     nerve_width: tuple[float, float] = (1.0, 12.0)
     contrast: tuple[float, float] = (0.35, 1.0)
+    visibility: tuple[float, float] = (1.5, 3.0)
     augment: bool = True
     real_backgrounds: bool = True
 
@@ -420,6 +425,46 @@ def _fundus_background(
     return image.astype(np.float32), retina, disc, disc_r
 
 
+# ---------------------------------------------------------------- visibility
+def _luminance(image: np.ndarray) -> np.ndarray:
+    return image @ np.array([0.299, 0.587, 0.114], np.float32) if image.ndim == 3 else image
+
+
+def _gain(image: np.ndarray, weights: np.ndarray | None) -> float:
+    """How much a unit change painted with per-channel ``weights`` moves the luminance."""
+    if image.ndim != 3:
+        return 1.0
+    weights = np.ones(3, np.float32) if weights is None else np.asarray(weights, np.float32)
+    return abs(float(weights @ np.array([0.299, 0.587, 0.114], np.float32)))
+
+
+def _local_std(image: np.ndarray, box: tuple[slice, slice], sigma: float = 6.0) -> np.ndarray:
+    """Standard deviation of the (luminance) background within ~``sigma`` px, in ``box``."""
+    pad = int(3 * sigma)
+    h, w = image.shape[:2]
+    y0, y1 = max(0, box[0].start - pad), min(h, box[0].stop + pad)
+    x0, x1 = max(0, box[1].start - pad), min(w, box[1].stop + pad)
+    patch = _luminance(image[y0:y1, x0:x1]).astype(np.float32)
+    mean = ndimage.gaussian_filter(patch, sigma)
+    var = ndimage.gaussian_filter(patch * patch, sigma) - mean * mean
+    std = np.sqrt(np.clip(var, 0, None))
+    return std[box[0].start - y0 : box[0].stop - y0, box[1].start - x0 : box[1].stop - x0]
+
+
+def _visible_amplitude(
+    rng: np.random.Generator, image: np.ndarray, box: tuple[slice, slice], mask: np.ndarray,
+    amplitude: float, config: SimulatorConfig, luminance_gain: float = 1.0,
+) -> float:
+    """``amplitude`` raised (sign kept) to at least ``visibility`` x the local
+    background std on the structure's pixels. Always draws once from ``rng``."""
+    floor = rng.uniform(*config.visibility)
+    if floor <= 0 or not mask.any():
+        return amplitude
+    std = float(np.median(_local_std(image, box)[mask]))
+    needed = floor * std / max(luminance_gain, 1e-6)
+    return math.copysign(max(abs(amplitude), needed), amplitude if amplitude else 1.0)
+
+
 # ------------------------------------------------------------------ lesions
 def _add_tumors(
     rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, region: np.ndarray,
@@ -445,6 +490,7 @@ def _add_tumors(
             continue
         sign = rng.choice((-1.0, 1.0))
         contrast = sign * rng.uniform(*config.tumor_contrast) * scale
+        contrast = _visible_amplitude(rng, image, box, mask, contrast, config, _gain(image, rgb_tint))
         inside = np.ones_like(rho)
         if min(rho.shape) > 4:  # heterogeneous interior
             tex = fractal_noise(rng, rho.shape, beta=rng.uniform(1.5, 3.0), cutoff=1.0)
@@ -498,6 +544,15 @@ def _add_vessels(
     if sign is None:
         sign = rng.choice((-1.0, 1.0))
     contrast = sign * rng.uniform(*config.contrast) * scale
+    ys_box = np.flatnonzero(mask.any(axis=1))
+    xs_box = np.flatnonzero(mask.any(axis=0))
+    if ys_box.size:
+        box = (slice(int(ys_box[0]), int(ys_box[-1]) + 1), slice(int(xs_box[0]), int(xs_box[-1]) + 1))
+        core = mask[box] & (profile[box] > 0.5)
+        contrast = _visible_amplitude(rng, image, box, core if core.any() else mask[box], contrast, config,
+                                      _gain(image, rgb_weights))
+    else:
+        rng.uniform(*config.visibility)  # keep the number of draws fixed
     # thin vessels fade towards their tips in real scans; keep them visible here
     modulation = 1.0 + 0.25 * fractal_noise(rng, (h, w), beta=3.0, cutoff=2.0)
     delta = contrast * profile * modulation
@@ -615,7 +670,8 @@ def simulate_scan(
         _add_tumors(rng, image, labels, region, config, scale)
         if nerve:
             roots = _vessel_roots(rng, shape, int(rng.integers(1, 6)))
-            _add_vessels(rng, image, labels, roots, config, scale, region=None)
+            # vessels run inside the body, not through the air around it
+            _add_vessels(rng, image, labels, roots, config, scale, region=body)
         if modality == "mri":
             bias = np.exp(rng.uniform(0.05, 0.4) * fractal_noise(rng, shape, beta=4.0, cutoff=1.0))
             sigma = rng.uniform(0.01, 0.06)
