@@ -39,17 +39,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Styles of scans (simulator settings); every slice has lesions and vessels.
+#: Styles of scans (simulator settings). A style is one consistent kind of
+#: image, as in a user's stack: the same background, the same polarity of
+#: lesions and vessels, new structures in every slice; every slice has both.
 STYLES = {
-    # EM/microscopy-like textures (scikit-image CC0 crops among them) with thick
-    # (6-12 px) vessels: the bundled model misses thick vessels or calls them tumor
-    "em-thick": dict(modality="em", sim=dict(nerve_width=(6.0, 12.0))),
-    # the same at the lowest contrast the simulator draws (1-1.5 local std)
-    "em-faint": dict(modality="em", sim=dict(contrast=(0.05, 0.15), visibility=(1.0, 1.5), nerve_width=(6.0, 12.0))),
-    "mri-thick": dict(modality="mri", sim=dict(nerve_width=(8.0, 12.0))),
-    "ct-thick": dict(modality="ct", sim=dict(nerve_width=(8.0, 12.0))),
-    # small lesions (3-10 px) and thin vessels
-    "small-lesions": dict(modality=None, sim=dict(tumor_diameter=(0.012, 0.04), nerve_width=(1.0, 4.0))),
+    # EM-like granular texture, thick (6-12 px) dark vessels, bright lesions: the
+    # bundled model misses thick vessels or calls them tumor
+    "em-thick": dict(modality="em", sim=dict(em_background="granular", nerve_width=(6.0, 12.0),
+                                             nerve_sign=-1, tumor_sign=1)),
+    # a real CC0 texture (scikit-image's gravel) behind thick bright vessels and dark lesions
+    "gravel-thick": dict(modality="em", sim=dict(em_background="gravel", nerve_width=(6.0, 12.0),
+                                                 nerve_sign=1, tumor_sign=-1)),
+    # fluorescence-like dark background, bright thick vessels and bright lesions
+    "fluo-thick": dict(modality="em", sim=dict(em_background="fluorescence", nerve_width=(6.0, 12.0),
+                                               nerve_sign=1, tumor_sign=1)),
+    "ct-thick": dict(modality="ct", sim=dict(nerve_width=(8.0, 12.0), nerve_sign=1, tumor_sign=-1)),
+    "mri-thick": dict(modality="mri", sim=dict(nerve_width=(8.0, 12.0), nerve_sign=-1, tumor_sign=1)),
 }
 
 
@@ -59,7 +64,7 @@ def make_stack(style: str, slices: int, size: int, seed: int) -> tuple[np.ndarra
 
     spec = STYLES[style]
     config = SimulatorConfig(tumor_probability=1.0, nerve_probability=1.0, augment=False, **spec["sim"])
-    modality = spec["modality"] or ("mri", "ct", "em")[seed % 3]
+    modality = spec["modality"]
     images, labels = [], []
     for z in range(slices):
         image, label = simulate_scan(seed * 10_000 + z, (size, size), modality, rgb=False, config=config)

@@ -157,3 +157,37 @@ def test_labelled_structures_stand_out_from_their_local_texture():
     # anti-aliased edges and soft profiles pull the median below the peak contrast
     assert np.median(ratios_floor) > 1.2
     assert np.median(ratios_floor) > 10 * np.median(ratios_none)
+
+
+def test_fixed_style_background_and_polarity():
+    """A fixed style (one background kind, one polarity) as in a user's stack:
+    the draws stay the same (identical labels), vessels and lesions go the
+    asked way, and bad values are refused."""
+    base = dict(augment=False, tumor_probability=1.0, nerve_probability=1.0, em_background="granular")
+    bright = SimulatorConfig(nerve_sign=1, tumor_sign=1, **base)
+    dark = SimulatorConfig(nerve_sign=-1, tumor_sign=-1, **base)
+    for seed in range(3):
+        a, labels = simulate_scan(seed, (96, 96), "em", config=bright)
+        b, same = simulate_scan(seed, (96, 96), "em", config=dark)
+        np.testing.assert_array_equal(labels, same)
+        for cls in (1, 2):
+            where = labels == cls
+            if where.sum() > 20:
+                assert np.median((a - b)[where]) > 0, (seed, cls)
+    # one background kind for every image of a stack, whatever the seed
+    plain = dict(augment=False, tumor_probability=0.0, nerve_probability=0.0)
+    fluo = [simulate_scan(s, (96, 96), "em", config=SimulatorConfig(em_background="fluorescence", **plain))[0]
+            for s in range(6)]
+    granular = [simulate_scan(s, (96, 96), "em", config=SimulatorConfig(em_background="granular", **plain))[0]
+                for s in range(6)]
+    assert all(img.mean() < 0.35 for img in fluo)  # dark fluorescence background
+    assert all(img.mean() > 0.35 for img in granular)  # grey EM-like texture
+    from napari_unet.core.simulate import _real_image
+
+    gravel = simulate_scan(0, (96, 96), "em", config=SimulatorConfig(em_background="gravel", **plain))[0]
+    assert gravel.min() >= -0.3 and gravel.max() <= 1.3  # a crop of the 0..1 texture (plus noise)
+    assert _real_image.cache_info().currsize >= 1
+    with pytest.raises(ValueError, match="em_background"):
+        SimulatorConfig(em_background="marble")
+    with pytest.raises(ValueError, match="nerve_sign"):
+        SimulatorConfig(nerve_sign=2)

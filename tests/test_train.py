@@ -205,3 +205,29 @@ def test_options_validation():
         TrainOptions(max_steps=None, max_seconds=None)
     with pytest.raises(ValueError, match="schedule"):
         TrainOptions(schedule="linear")
+
+
+def test_encoder_learning_rate_scale(toy_model):
+    """Discriminative fine-tuning: with ``encoder_lr_scale`` the contracting
+    path moves about that much less than the decoder (Adam steps scale with lr)."""
+
+    def moved(scale: float) -> tuple[float, float]:
+        model = copy_model(toy_model)
+        before = {k: v.clone() for k, v in model.net.state_dict().items()}
+        options = TrainOptions(max_steps=6, batch_size=2, lr=1e-3, warmup_steps=0, schedule="constant",
+                               encoder_lr_scale=scale, grad_clip=None, weight_decay=0.0)
+        run_training(model, toy_sampler, None, options)
+        after = model.net.state_dict()
+
+        def change(prefix: str) -> float:
+            keys = [k for k in before if k.startswith(prefix) and k.endswith("weight") and before[k].ndim == 4]
+            return float(np.mean([(after[k] - before[k]).abs().mean() for k in keys]))
+
+        return change("encoder."), change("decoder.")
+
+    full_enc, full_dec = moved(1.0)
+    slow_enc, slow_dec = moved(0.05)
+    assert slow_enc < 0.2 * full_enc
+    assert slow_dec > 0.5 * full_dec
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        TrainOptions(max_steps=1, encoder_lr_scale=0.0)

@@ -80,6 +80,7 @@ class FinetuneOptions:
     val_block: int = 64
     max_val_blocks: int = 48
     freeze_encoder: bool = False
+    encoder_lr_scale: float = 1.0
     norm_eval: bool = True
     dice_weight: float = 1.0
     precision: str = "auto"
@@ -563,6 +564,7 @@ def finetune_iter(
         precision=options.precision,
         seed=seed,
         freeze_encoder=options.freeze_encoder,
+        encoder_lr_scale=options.encoder_lr_scale,
         norm_eval=options.norm_eval,
         dice_weight=options.dice_weight,
         initial_is_candidate=False,

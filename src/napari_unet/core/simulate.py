@@ -94,7 +94,23 @@ class SimulatorConfig:
     texture is drawn stronger, so no label marks a structure nobody could see
     (``(0, 0)`` switches the floor off). ``augment`` switches the geometric and intensity
     augmentation; ``real_backgrounds`` allows scikit-image's CC0 textures.
+
+    A fixed *style* (many images from one microscope or scanner, as in a
+    user's stack): ``em_background`` fixes the EM background to
+    ``"granular"``, ``"fluorescence"`` or one of :data:`REAL_BACKGROUNDS`;
+    ``tumor_sign`` / ``nerve_sign`` fix lesions / vessels to brighter (+1) or
+    darker (-1) than their surroundings. ``None`` draws them per image. The
+    random draws are the same either way, so fixing one does not change the
+    rest of a seeded scan.
     """
+
+    def __post_init__(self) -> None:
+        allowed = (None, "granular", "fluorescence", *REAL_BACKGROUNDS)
+        if self.em_background not in allowed:
+            raise ValueError(f"em_background must be one of {allowed}, got {self.em_background!r}")
+        for name in ("tumor_sign", "nerve_sign"):
+            if getattr(self, name) not in (None, 1, -1, 1.0, -1.0):
+                raise ValueError(f"{name} must be +1, -1 or None, got {getattr(self, name)!r}")
 
     tumor_probability: float = 0.9
     max_tumors: int = 3
@@ -106,6 +122,9 @@ class SimulatorConfig:
     visibility: tuple[float, float] = (1.5, 3.0)
     augment: bool = True
     real_backgrounds: bool = True
+    em_background: str | None = None
+    tumor_sign: float | None = None
+    nerve_sign: float | None = None
 
 
 def _rng(rng_or_seed: np.random.Generator | int | None) -> np.random.Generator:
@@ -343,14 +362,21 @@ def _ct_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np
     return image, rho <= 1.0
 
 
-def _em_background(rng: np.random.Generator, shape: tuple[int, int], real: bool) -> tuple[np.ndarray, np.ndarray]:
+def _em_background(
+    rng: np.random.Generator, shape: tuple[int, int], real: bool, fixed: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
-    if real and rng.random() < 0.35:
-        image = _real_crop(rng, shape)
+    use_real = real and rng.random() < 0.35
+    if fixed is not None:
+        use_real = fixed in REAL_BACKGROUNDS
+    if use_real:
+        image = _real_crop(rng, shape, fixed)
     else:
         image = fractal_noise(rng, shape, beta=rng.uniform(1.2, 2.8), cutoff=rng.uniform(2, 20))
         image += 0.5 * fractal_noise(rng, shape, beta=3.5, cutoff=2.0)
         kind = rng.random()
+        if fixed is not None:
+            kind = 0.0 if fixed == "fluorescence" else 1.0
         if kind < 0.35:  # fluorescence: dark, mostly flat background
             image = 0.15 * np.clip(image, -3, 3) + 0.2
         else:
@@ -377,9 +403,10 @@ def _real_image(name: str) -> np.ndarray:
     return (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
 
 
-def _real_crop(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """A random crop of a CC0 scikit-image texture, rescaled and rotated."""
-    source = _real_image(REAL_BACKGROUNDS[rng.integers(len(REAL_BACKGROUNDS))])
+def _real_crop(rng: np.random.Generator, shape: tuple[int, int], name: str | None = None) -> np.ndarray:
+    """A random crop of a CC0 scikit-image texture (``name`` or a random one), rescaled and rotated."""
+    drawn = REAL_BACKGROUNDS[rng.integers(len(REAL_BACKGROUNDS))]
+    source = _real_image(name or drawn)
     scale = rng.uniform(0.5, 1.5)
     h, w = shape
     hs, ws = source.shape
@@ -489,6 +516,7 @@ def _add_tumors(
         if not mask.any():
             continue
         sign = rng.choice((-1.0, 1.0))
+        sign = float(config.tumor_sign) if config.tumor_sign is not None else sign
         contrast = sign * rng.uniform(*config.tumor_contrast) * scale
         contrast = _visible_amplitude(rng, image, box, mask, contrast, config, _gain(image, rgb_tint))
         inside = np.ones_like(rho)
@@ -543,6 +571,7 @@ def _add_vessels(
         mask &= region
     if sign is None:
         sign = rng.choice((-1.0, 1.0))
+        sign = float(config.nerve_sign) if config.nerve_sign is not None else sign
     contrast = sign * rng.uniform(*config.contrast) * scale
     ys_box = np.flatnonzero(mask.any(axis=1))
     xs_box = np.flatnonzero(mask.any(axis=0))
@@ -665,7 +694,7 @@ def simulate_scan(
             image, body = _ct_background(rng, shape)
             scale, region = 300.0, body
         else:
-            image, body = _em_background(rng, shape, config.real_backgrounds)
+            image, body = _em_background(rng, shape, config.real_backgrounds, config.em_background)
             scale, region = 0.35 * float(np.std(image) * 4 + 0.05), body
         _add_tumors(rng, image, labels, region, config, scale)
         if nerve:

@@ -99,6 +99,9 @@ class TrainOptions:
     seed: int = 0
     #: train the decoder and head only; encoder weights and norm statistics fixed
     freeze_encoder: bool = False
+    #: the encoder's learning rate as a fraction of ``lr`` (discriminative
+    #: fine-tuning: general low-level features move slowly, the decoder adapts)
+    encoder_lr_scale: float = 1.0
     #: keep batch-norm running statistics fixed (tiny fine-tuning batches)
     norm_eval: bool = False
     #: weight of the Dice term of the loss (0: cross-entropy only)
@@ -125,6 +128,8 @@ class TrainOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 < self.encoder_lr_scale <= 1.0:
+            raise ValueError(f"encoder_lr_scale must be in (0, 1], got {self.encoder_lr_scale}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.val_every < 1:
@@ -310,7 +315,14 @@ def train_iter(
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    encoder = getattr(net, "encoder", None)
+    encoder_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    groups = [
+        {"params": [p for p in params if id(p) not in encoder_ids], "lr_scale": 1.0},
+        {"params": [p for p in params if id(p) in encoder_ids], "lr_scale": options.encoder_lr_scale},
+    ]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
 
     start = time.perf_counter()
     history: list[TrainEvent] = []
@@ -379,7 +391,7 @@ def train_iter(
                 break
             lr = options.lr * _lr_factor(options, step, elapsed)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             try:
                 batch = sample_batch(rng, batch_size)
                 x, y, mask = _to_tensors(batch, device)
