@@ -35,7 +35,7 @@ On top of any modality:
 
 Everything is drawn from one ``numpy.random.Generator``, so the same seed
 gives the same pair on every machine with the same NumPy/SciPy. A 256x256
-pair takes about 20-40 ms of one CPU core.
+pair takes about 30-60 ms of one CPU core.
 
 API::
 
@@ -45,18 +45,18 @@ API::
 ``modality=None`` picks one at random (see :data:`MODALITY_WEIGHTS`).
 
 Styles the bundled model ``unet-sim-v1`` handles poorly (measured in
-``docs/model-card.md``; use them to show what fine-tuning buys)::
+``docs/model-card.md`` and ``benchmarks/bench_hitl.py``; use them to show what
+fine-tuning buys)::
 
-    # thick, faint vessels: nerve Dice 0.10
-    SimulatorConfig(tumor_probability=0.0, nerve_probability=1.0,
-                    nerve_width=(8.0, 12.0), contrast=(0.08, 0.2))
+    # thick vessels on a real texture (a consistent "stack" style): mean Dice 0.19
+    SimulatorConfig(em_background="gravel", nerve_width=(6.0, 12.0), nerve_sign=1, tumor_sign=-1)
     # small lesions (3-10 px across): tumor Dice 0.01
     SimulatorConfig(tumor_probability=1.0, nerve_probability=0.0,
                     tumor_diameter=(0.012, 0.04))
-    # EM/microscopy-like textures: modality="em" (nerve Dice 0.15)
 
-Changing a default here changes what ``scripts/train_bundled.py`` reproduces:
-the bundled weights were trained with the defaults as they are.
+Changing a default here changes what ``scripts/train_bundled.py`` reproduces.
+The bundled ``unet-sim-v1`` was trained before ``visibility`` existed (the
+simulator of commit ``f1bc8a3``); see the model card.
 """
 
 from __future__ import annotations
