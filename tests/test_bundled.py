@@ -17,12 +17,12 @@ from napari_unet.core.weights import (
     sha256_of,
 )
 
-#: Dice floors about half of what the shipped model scores on these eight
-#: scans (tumor 0.59, nerve 0.34; see docs/model-card.md): they catch a broken
-#: or untrained model (Dice ~0), not a slightly different one. Raise them with
-#: the next, better model.
-TUMOR_FLOOR = 0.3
-NERVE_FLOOR = 0.15
+#: Dice floors about half of what the shipped model scores on these sixteen
+#: scans of the current simulator (tumor 0.32, nerve 0.36; 0.38 / 0.49 on the
+#: model card's 100 scans): they catch a broken or untrained model (Dice ~0),
+#: not a slightly different one. Raise them with the next, better model.
+TUMOR_FLOOR = 0.16
+NERVE_FLOOR = 0.18
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_segments_held_out_simulated_scans(bundled):
     config = SimulatorConfig(tumor_probability=1.0, nerve_probability=1.0)
     matrix = np.zeros((3, 3), np.int64)
     for modality in ("mri", "ct", "fundus", "em"):
-        for _ in range(2):
+        for _ in range(4):
             image, labels = simulate_scan(rng, (256, 256), modality, config=config)
             pred = predict(image, bundled, device="cpu", precision="float32").labels
             matrix += confusion_matrix(pred, labels, 3)
