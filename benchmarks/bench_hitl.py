@@ -16,7 +16,7 @@ A style is one consistent kind of image, as in a real stack from one
 scanner or microscope: the same background, lesions and vessels of the same
 polarity, new structures in every slice (:data:`STYLES`). The default,
 ``gravel-thick``: scikit-image's CC0 ``gravel`` texture behind thick (6-12 px)
-bright vessels and dark lesions; the bundled model scores mean Dice ~0.2 on
+bright vessels and dark lesions; the bundled model scores mean Dice ~0.27 on
 it (thick vessels and real textures are its known weak spots). ``--style``
 picks another. The correctable slices are 0..k-1 of the style's stream, the
 held-out slices 1000.. of it, whatever ``--ks`` is.

@@ -48,7 +48,7 @@ Styles the bundled model ``unet-sim-v1`` handles poorly (measured in
 ``docs/model-card.md`` and ``benchmarks/bench_hitl.py``; use them to show what
 fine-tuning buys)::
 
-    # thick vessels on a real texture (a consistent "stack" style): mean Dice 0.19
+    # thick vessels on a real texture (a consistent "stack" style): mean Dice 0.27
     SimulatorConfig(em_background="gravel", nerve_width=(6.0, 12.0), nerve_sign=1, tumor_sign=-1)
     # small lesions (3-10 px across): tumor Dice 0.01
     SimulatorConfig(tumor_probability=1.0, nerve_probability=0.0,
