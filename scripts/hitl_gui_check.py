@@ -15,23 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def wait(widget, app, timeout: float = 400.0) -> None:
-    start = time.time()
-    while widget._worker is not None and time.time() - start < timeout:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(30):
-        app.processEvents()
-        time.sleep(0.02)
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> str:
@@ -46,6 +36,7 @@ def main() -> None:
     os.environ.setdefault("NAPARI_UNET_MODELS_DIR", str((ROOT / ".cache" / "gui-check-models").resolve()))
     import napari
     from bench_hitl import HELD_OUT_FIRST, make_stack
+    from make_screenshots import wait_for as wait
     from qtpy.QtWidgets import QApplication
 
     from napari_unet.widgets.corrections import tracker_for
