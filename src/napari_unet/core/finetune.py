@@ -203,11 +203,12 @@ def _block_split(
     band of ``edge // 8`` pixels away from validation blocks, so labels of a
     held-back block do not leak through neighbouring training pixels.
 
-    With ``labels``, the split is stratified: every foreground class whose
-    trusted pixels fill at least two blocks gets one held-back block that
-    contains it (never its last block), so validation can tell a model that
-    finds the structure from one that predicts background everywhere. The
-    remaining held-back blocks are drawn at random.
+    With ``labels``, the split is stratified: every foreground class gets one
+    held-back block that contains it, so validation can tell a model that
+    finds the structure from one that predicts background everywhere. No
+    block is held back (stratified or drawn at random for the rest) if it
+    would leave some class without training pixels outside the held-back
+    blocks and their guard bands.
     """
     empty = np.zeros_like(trusted, dtype=bool)
     if options.val_fraction == 0:

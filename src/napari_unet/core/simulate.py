@@ -78,6 +78,9 @@ REAL_BACKGROUNDS = ("grass", "gravel", "brick", "cell", "camera")
 
 TUMOR, NERVE = 1, 2
 
+#: Rec. 601 luma weights: RGB photos to grey, as the model's input does.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
 
 @dataclass(frozen=True)
 class SimulatorConfig:
@@ -99,7 +102,8 @@ class SimulatorConfig:
     user's stack): ``em_background`` fixes the EM background to
     ``"granular"``, ``"fluorescence"`` or one of :data:`REAL_BACKGROUNDS`;
     ``tumor_sign`` / ``nerve_sign`` fix lesions / vessels to brighter (+1) or
-    darker (-1) than their surroundings. ``None`` draws them per image. The
+    darker (-1) than their surroundings (fundus vessels stay dark whatever
+    ``nerve_sign`` says). ``None`` draws them per image. The
     random draws are the same either way, so fixing one does not change the
     rest of a seeded scan.
     """
@@ -454,7 +458,7 @@ def _fundus_background(
 
 # ---------------------------------------------------------------- visibility
 def _luminance(image: np.ndarray) -> np.ndarray:
-    return image @ np.array([0.299, 0.587, 0.114], np.float32) if image.ndim == 3 else image
+    return image @ LUMA if image.ndim == 3 else image
 
 
 def _gain(image: np.ndarray, weights: np.ndarray | None) -> float:
@@ -462,7 +466,7 @@ def _gain(image: np.ndarray, weights: np.ndarray | None) -> float:
     if image.ndim != 3:
         return 1.0
     weights = np.ones(3, np.float32) if weights is None else np.asarray(weights, np.float32)
-    return abs(float(weights @ np.array([0.299, 0.587, 0.114], np.float32)))
+    return abs(float(weights @ LUMA))
 
 
 def _local_std(image: np.ndarray, box: tuple[slice, slice], sigma: float = 6.0) -> np.ndarray:
@@ -684,7 +688,7 @@ def simulate_scan(
         invert_ok = False
         colour = rng.random() < 0.7 if rgb is None else rgb
         if not colour:
-            image = image[..., 1] if rng.random() < 0.5 else image @ np.array([0.299, 0.587, 0.114], np.float32)
+            image = image[..., 1] if rng.random() < 0.5 else image @ LUMA
         image = image * 255.0
     else:
         if modality == "mri":
