@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -257,19 +256,8 @@ class ModelStore:
             raise VersionError(f"{dest} already exists; choose another folder")
         if is_bundled_path(dest):
             raise VersionError(f"{dest} is a bundled model; it is never overwritten")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-        try:
-            for item in version.path.iterdir():
-                if item.is_file():
-                    shutil.copy2(item, tmp / item.name)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dest
+        # save_model replaces an existing folder without a moment where dest holds no model
+        return save_model(load_model_folder(version.path, "cpu"), dest, overwrite=True)
 
     def import_folder(self, src: str | os.PathLike, name: str | None = None) -> Version:
         """Add a model folder from elsewhere as a new version, after checking
