@@ -30,11 +30,14 @@ def sync(monkeypatch):
 @pytest.fixture
 def notes(monkeypatch):
     """Every notification the widget shows, as (level, text)."""
+    import napari_unet.widgets._versions as versions_module
     import napari_unet.widgets.finetune as module
 
     seen: list[tuple[str, str]] = []
     for level in ("show_info", "show_warning", "show_error"):
-        monkeypatch.setattr(module, level, lambda text, level=level: seen.append((level, text)))
+        for target in (module, versions_module):
+            if hasattr(target, level):
+                monkeypatch.setattr(target, level, lambda text, level=level: seen.append((level, text)))
     return seen
 
 
@@ -66,7 +69,7 @@ def _paint_disc(labels, value=1):
 def test_widget_picks_the_result_layer_of_the_image(scene):
     _, image, labels, widget = scene
     assert widget.image.value is image
-    assert widget.labels.value is labels
+    assert widget.labels_layer.value is labels
     assert "0 px" in widget.trusted_status.value
 
 
@@ -126,7 +129,7 @@ def test_shape_mismatch_notifies_and_changes_nothing(scene, sync, notes):
     viewer, _, _, widget = scene
     other = viewer.add_labels(np.zeros((20, 20), np.uint8), name="other")
     other.paint((5, 5), 1)
-    widget.labels.value = other
+    widget.labels_layer.value = other
     before = other.data.copy()
     assert widget.finetune() is None
     assert "pick the result layer that belongs to this image" in notes[-1][1]

@@ -1,24 +1,42 @@
-"""Helpers shared by the widgets: workers, notifications, layer checks.
+"""Helpers shared by the widgets: workers, failures, the shared model choice.
 
-Heavy work runs in napari's ``thread_worker``. Setting the environment
-variable ``NAPARI_UNET_SYNC=1`` runs the same generator on the calling thread
-instead, which keeps logic tests free of an event loop.
+Heavy work runs in a worker thread (superqt's ``GeneratorWorker``, what
+napari's ``thread_worker`` is built on). Setting the environment variable
+``NAPARI_UNET_SYNC=1`` runs the same generator on the calling thread instead,
+which keeps logic tests free of an event loop.
+
+A worker's exception always ends in one place, the ``errored`` handler of the
+widget that started it: napari's own workers would also relay it as a
+traceback notification and re-raise it in the Qt event loop (which aborts a
+script that runs without napari's exception hook).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from collections.abc import Callable, Generator
+import threading
+import weakref
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
+from psygnal import Signal
 
 __all__ = [
+    "Failure",
     "LayerProblem",
+    "ModelSelection",
     "check_image_layer",
+    "describe_failure",
+    "heavy_imports",
     "labels_digest",
+    "model_selection",
     "run_generator",
     "show_error",
     "show_info",
@@ -27,6 +45,8 @@ __all__ = [
 ]
 
 META_KEY = "napari_unet"
+_log = logging.getLogger(__name__)
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
 
 
 class LayerProblem(ValueError):
@@ -37,6 +57,75 @@ def synchronous() -> bool:
     return os.environ.get("NAPARI_UNET_SYNC", "") not in ("", "0", "false")
 
 
+# torch imports parts of itself lazily (the first optimiser, the first
+# forward pass); two worker threads doing that at once can see a half-imported
+# module ("'_OpNamespace' 'prims' object has no attribute 'sum'"). Workers
+# take this lock around their imports and model loading.
+_IMPORT_LOCK = threading.RLock()
+
+
+@contextmanager
+def heavy_imports() -> Iterator[None]:
+    """Hold the lock that keeps workers from importing torch modules at the same time."""
+    with _IMPORT_LOCK:
+        yield
+
+
+# ------------------------------------------------------------------ failures
+@dataclass(frozen=True)
+class Failure:
+    """A worker's exception, worded for the user.
+
+    ``expected`` failures (a bad setting, a missing device, an unusable model,
+    too little memory) get a warning and no traceback; anything else is a bug,
+    shown as an error, with the traceback in the log.
+    """
+
+    expected: bool
+    message: str
+    hint: str
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "OutOfMemoryError" in type(exc).__name__
+
+
+def describe_failure(exc: BaseException) -> Failure:
+    """What went wrong in a worker, and what the user can do about it."""
+    from napari_unet.core.weights import ModelError
+
+    text = str(exc) or type(exc).__name__
+    if _is_out_of_memory(exc):
+        return Failure(True, f"out of memory ({text})", "lower the zoom, segment one slice, or use device 'cpu'")
+    if isinstance(exc, ModelError):
+        return Failure(True, text, "choose another model, or a folder with config.json and weights.safetensors")
+    if isinstance(exc, ValueError) and "device" in text.lower():
+        return Failure(True, text, "choose device 'auto' or 'cpu'")
+    if isinstance(exc, ValueError):
+        return Failure(True, text, "check the settings above and try again")
+    if isinstance(exc, OSError):
+        return Failure(True, text, "check the file or folder and that it can be read")
+    return Failure(False, f"{type(exc).__name__}: {text}", "this is a bug; the details are in the log")
+
+
+def _report_unhandled(exc: BaseException) -> None:
+    """Fallback for workers started without an error handler: one notification."""
+    failure = describe_failure(exc)
+    if not failure.expected:
+        _log.error("napari-unet worker failed", exc_info=(type(exc), exc, exc.__traceback__))
+    (show_warning if failure.expected else show_error)(f"{failure.message} ({failure.hint})")
+
+
+def _relay_warning(args: tuple) -> None:
+    """A warning raised in a worker: the project's own become a notification."""
+    message, category, filename, lineno = args[:4]
+    if str(filename).startswith(_PACKAGE_DIR):
+        show_warning(str(message))
+    else:
+        _log.warning("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+
+# ------------------------------------------------------------------- workers
 class _SyncWorker:
     """The part of a GeneratorWorker's interface the widgets use, run inline."""
 
@@ -60,10 +149,13 @@ def run_generator(
     """Run ``generator_function(*args, **kwargs)`` off the GUI thread.
 
     Each yielded value goes to ``on_yield`` (on the GUI thread), the return
-    value to ``on_return``; ``worker.quit()`` stops it at its next ``yield``.
-    Returns the worker (a napari ``GeneratorWorker``, or an inline stand-in
-    when :func:`synchronous`).
+    value to ``on_return``, an exception to ``on_error`` (connected to the
+    worker's ``errored`` signal; without one, a single notification is shown)
+    and is never re-raised; ``on_finish`` runs last in every case.
+    ``worker.quit()`` stops it at its next ``yield``. Returns the worker (a
+    superqt ``GeneratorWorker``, or an inline stand-in when :func:`synchronous`).
     """
+    handle_error = on_error or _report_unhandled
     if synchronous():
         worker = _SyncWorker()
         gen = generator_function(*args, **kwargs)
@@ -81,27 +173,121 @@ def run_generator(
                     gen.close()
                     break
         except Exception as exc:  # noqa: BLE001 - reported like the threaded path does
-            if on_error is None:
-                raise
-            on_error(exc)
+            handle_error(exc)
         finally:
             if on_finish:
                 on_finish()
         return worker
 
-    from napari.qt.threading import thread_worker
+    from superqt.utils import create_worker
 
-    worker = thread_worker(generator_function, start_thread=False)(*args, **kwargs)
+    # _ignore_errors: errors go to handle_error only, never re-raised into Qt
+    worker = create_worker(generator_function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
     if on_yield:
         worker.yielded.connect(on_yield)
     if on_return:
         worker.returned.connect(on_return)
-    if on_error:
-        worker.errored.connect(on_error)
+    worker.errored.connect(handle_error)
+    worker.warned.connect(_relay_warning)
     if on_finish:
         worker.finished.connect(on_finish)
     worker.start()
     return worker
+
+
+# ------------------------------------------------------ the shared model choice
+class ModelSelection:
+    """The one model choice that the Segment and Fine-tune widgets of a viewer share.
+
+    :attr:`source` is what both widgets use (a bundled model name or a model
+    folder): the user's last choice, else the store's current version, else the
+    bundled default. ``changed`` is emitted whenever the choice or the list of
+    versions changes (a fine-tuning round, a rollback, a rename), so both
+    widgets show the same entry and their lists stay current. Get the one for
+    a viewer with :func:`model_selection`.
+    """
+
+    changed = Signal()
+
+    def __init__(self, store: Any = None) -> None:
+        self._store = store
+        self._chosen: str | None = None
+        self._folders: list[str] = []  # model folders chosen from elsewhere
+
+    @property
+    def store(self) -> Any:
+        """The user's model store (created on first use)."""
+        if self._store is None:
+            from napari_unet.core.versions import ModelStore
+
+            self._store = ModelStore()
+        return self._store
+
+    def _versions(self) -> tuple[list[Any], Any]:
+        try:
+            versions = list(self.store.list_versions())
+            current = self.store.current()
+        except Exception:  # noqa: BLE001 - a broken user store must not break the widgets
+            return [], None
+        return versions, current
+
+    def choices(self) -> list[tuple[str, str]]:
+        """``(label, source)`` pairs: bundled models (the default first), saved
+        versions (labelled with their id), then folders chosen from elsewhere."""
+        from napari_unet.core.weights import bundled_model_names, default_model_name
+
+        choices: list[tuple[str, str]] = []
+        default = default_model_name()
+        for name in bundled_model_names():
+            label = f"{name} (bundled{', default' if name == default else ''})"
+            choices.insert(0 if name == default else len(choices), (label, name))
+        versions, current = self._versions()
+        for version in versions:
+            choices.append((version_label(version, current is not None and version.id == current.id), str(version.path)))
+        known = {source for _, source in choices}
+        choices.extend((f"{folder} (folder)", folder) for folder in self._folders if folder not in known)
+        return choices
+
+    @property
+    def source(self) -> str | None:
+        """The model both widgets use now."""
+        sources = [source for _, source in self.choices()]
+        if self._chosen in sources:
+            return self._chosen
+        _, current = self._versions()
+        if current is not None and str(current.path) in sources:
+            return str(current.path)
+        return sources[0] if sources else None
+
+    def select(self, source: str | os.PathLike) -> None:
+        """Make ``source`` (a bundled name, a version's or any model folder) the choice."""
+        source = str(source)
+        if source not in {s for _, s in self.choices()}:
+            self._folders.append(source)
+        self._chosen = source
+        self.changed.emit()
+
+    def refresh(self) -> None:
+        """Tell the widgets that the list of versions changed."""
+        self.changed.emit()
+
+
+def version_label(version: Any, current: bool = False) -> str:
+    """``v0002: liver CT (yours, current)``: the id always, the name when it differs."""
+    label = version.id if version.name in ("", version.id) else f"{version.id}: {version.name}"
+    return f"{label} (yours{', current' if current else ''})"
+
+
+_SELECTIONS: weakref.WeakKeyDictionary[Any, ModelSelection] = weakref.WeakKeyDictionary()
+
+
+def model_selection(viewer: Any) -> ModelSelection:
+    """The :class:`ModelSelection` of ``viewer`` (one per viewer, made on first use)."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands plugins a proxy
+    selection = _SELECTIONS.get(viewer)
+    if selection is None:
+        selection = _SELECTIONS[viewer] = ModelSelection()
+    return selection
 
 
 def check_image_layer(layer) -> None:

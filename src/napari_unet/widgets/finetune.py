@@ -1,13 +1,15 @@
 """The Fine-tune widget: learn from the user's corrections, then segment again.
 
 The user picks the image and its result layer, a time budget and a
-learning-rate preset, and presses **Fine-tune**. The job runs in napari's
-``thread_worker`` (through :func:`._common.run_generator`): it loads the base
-model, fine-tunes it on the trusted pixels only (see :mod:`.corrections`),
+learning-rate preset, and presses **Fine-tune**. The job (:mod:`._finetune_job`)
+runs in a worker thread (through :func:`._common.run_generator`): it loads the
+base model, fine-tunes it on the trusted pixels only (see :mod:`.corrections`),
 saves the result as a new version in the user's model store (the bundled
 model is never touched), applies the regression gate, and re-segments the
-image. Back on the GUI thread the trusted pixels are kept exactly as the user
-left them and the prediction fills only the untrusted ones.
+image with the zoom the layer was segmented with. Back on the GUI thread the
+trusted pixels are kept exactly as the user left them and the prediction fills
+only the untrusted ones, and the new version becomes the viewer's shared model
+choice (:class:`._common.ModelSelection`), which the Segment widget shows too.
 
 A live plot shows training loss and validation Dice; Cancel stops at the next
 training step and keeps the best weights so far as an (unused) version.
@@ -16,10 +18,6 @@ training step and keeps the best weights so far as an (unused) version.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Generator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,20 +38,25 @@ from ._common import (
     META_KEY,
     LayerProblem,
     check_image_layer,
+    describe_failure,
+    model_selection,
     run_generator,
     show_error,
     show_info,
     show_warning,
     synchronous,
 )
+from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary, warm_up
+from ._versions import VersionsMixin
 from .corrections import (
+    _unwrap,
     bind_review_key,
     current_slice,
     show_trusted,
     tracker_for,
     trusted_layer_name,
 )
-from .segment import DEVICES, find_result_layer, model_choices
+from .segment import DEVICES, find_result_layer
 
 if TYPE_CHECKING:
     import napari
@@ -69,204 +72,20 @@ LR_PRESETS: dict[str, float | None] = {
 LAYER_MODEL = "model that made the layer"
 
 
-@dataclass
-class FinetuneRequest:
-    """Everything the worker needs, copied off the layers on the GUI thread."""
-
-    image: np.ndarray
-    labels: np.ndarray
-    trusted: np.ndarray
-    rgb: bool
-    base_model: str | None
-    max_seconds: float
-    max_steps: int | None = None
-    lr: float | None = None
-    device: str = "auto"
-    seed: int = 0
-    add_classes: bool = False
-    image_name: str = ""
-    labels_name: str = ""
-    slices: int = 0
-
-
-@dataclass
-class FinetuneOutcome:
-    """What the worker hands back to the GUI thread.
-
-    ``status`` is ``done``, ``cancelled`` or ``classes`` (labels use class ids
-    the model lacks: ``missing_classes``; nothing was trained).
-    """
-
-    status: str
-    version: Any = None
-    decision: Any = None
-    result: Any = None
-    predicted: np.ndarray | None = None
-    missing_classes: tuple[int, ...] = ()
-    model_classes: tuple[int, ...] = ()
-    seconds: float = 0.0
-    steps: int = 0
-    classes: tuple[Any, ...] = ()
-    notes: list[str] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------ the job
-def _store_version_of(store: Any, source: str | None) -> str | None:
-    """The id of the store version whose folder is ``source``, if it is one."""
-    if not source:
-        return None
-    try:
-        wanted = Path(source).resolve()
-        for version in store.list_versions():
-            if version.path.resolve() == wanted:
-                return version.id
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def warm_up() -> Generator[None, None, None]:
-    """Import what a fine-tune needs, off the GUI thread, before the first click.
-
-    The first optimiser made in a process imports a large part of torch; any
-    import holds the GIL for long stretches, which would freeze the window for
-    up to a second at the start of the first round if left to the run itself.
-    """
-    import torch
-
-    import napari_unet.core.finetune  # noqa: F401
-    import napari_unet.core.predict  # noqa: F401
-
-    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-    yield None
-
-
-def _accepts(function: Any, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(function).parameters
-
-
-def finetune_job(
-    request: FinetuneRequest, store: Any, replay: Any, cancel: threading.Event
-) -> Generator[Any, None, FinetuneOutcome]:
-    """The worker: fine-tune, save a version, gate it, re-segment.
-
-    Yields ``("status", text)``, training events and prediction progress.
-    Cancelling (``cancel.set()``) stops training at the next step. When the
-    core can stop a run gracefully (a ``stop`` callable), the best weights so
-    far are saved as a version that is not promoted; otherwise the run is
-    dropped and nothing changes.
-    """
-    from napari_unet.core.finetune import FinetuneOptions, finetune_iter
-    from napari_unet.core.predict import PredictOptions, predict_iter
-    from napari_unet.core.weights import load_model
-
-    start = time.perf_counter()
-    yield ("status", "loading model…")
-    model = load_model(request.base_model, device="cpu")
-    known = {c.id for c in model.config.classes}
-    used = {int(v) for v in np.unique(request.labels[request.trusted])}
-    missing = tuple(sorted(used - known))
-    if missing and not request.add_classes:
-        return FinetuneOutcome("classes", missing_classes=missing, model_classes=tuple(sorted(known)))
-
-    yield ("status", "fine-tuning…")
-    kwargs: dict[str, Any] = {
-        "max_seconds": request.max_seconds,
-        "steps": request.max_steps,
-        "device": request.device,
-        "seed": request.seed,
-        "replay": replay,
-        "add_classes": request.add_classes,
-    }
-    if request.lr is not None:
-        kwargs["options"] = FinetuneOptions(lr=request.lr)
-    graceful = _accepts(finetune_iter, "stop")
-    if graceful:
-        kwargs["stop"] = cancel.is_set
-    training = finetune_iter(request.image, request.labels, request.trusted, model, **kwargs)
-    steps = 0
-    result = None
-    while True:
-        try:
-            event = next(training)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        steps = event.step
-        yield event
-        if cancel.is_set() and not graceful:
-            training.close()  # the core drops the run; the base model is untouched
-            return FinetuneOutcome("cancelled", steps=steps, seconds=time.perf_counter() - start)
-    cancelled = cancel.is_set()
-    if cancelled and (result is None or result.steps == 0):
-        return FinetuneOutcome("cancelled", steps=steps, seconds=time.perf_counter() - start)
-
-    yield ("status", "saving the new version…")
-    trained = result.model
-    parent = _store_version_of(store, request.base_model)
-    metrics = {
-        "val_dice_before": result.val_dice_before,
-        "val_dice_after": result.val_dice_after,
-        "trusted_pixels": int(result.trusted_pixels),
-        "slices": int(result.slices),
-        "seconds": round(float(result.seconds), 2),
-        "steps": int(result.steps),
-        "image": request.image_name,
-        "cancelled": cancelled,
-    }
-    version = store.add_version(trained, parent=parent or request.base_model, metrics=metrics)
-    if cancelled:
-        return FinetuneOutcome(
-            "cancelled", version=version, result=result, steps=steps, seconds=time.perf_counter() - start
-        )
-    yield ("status", "checking against the previous version…")
-    decision = store.promote(version, parent, result.val_dice_after, result.val_dice_before)
-    yield ("status", "segmenting again…")
-    prediction = yield from predict_iter(
-        request.image, trained, PredictOptions(device=request.device), rgb=request.rgb
-    )
-    return FinetuneOutcome(
-        "done",
-        version=version,
-        decision=decision,
-        result=result,
-        predicted=np.asarray(prediction.labels),
-        steps=steps,
-        seconds=time.perf_counter() - start,
-        classes=tuple(trained.config.classes),
-        notes=list(getattr(prediction, "notes", [])),
-    )
-
-
-# ------------------------------------------------------------- statistics
-def round_summary(
-    corrected: np.ndarray, trusted: np.ndarray, predicted: np.ndarray, previous: np.ndarray
-) -> dict[str, float]:
-    """How the new prediction relates to the user's corrections.
-
-    ``disagree_trusted``: fraction of trusted pixels where the new model
-    disagrees with the corrected labels (what it has not learned);
-    ``changed_untrusted``: pixels outside the trusted mask whose label the new
-    prediction changes.
-    """
-    n_trusted = int(trusted.sum())
-    disagree = int(((predicted != corrected) & trusted).sum())
-    changed = int(((predicted != previous) & ~trusted).sum())
-    return {
-        "trusted_pixels": n_trusted,
-        "disagree_trusted": disagree / n_trusted if n_trusted else 0.0,
-        "changed_untrusted": changed,
-    }
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _layer_zoom(layer: Any) -> float:
+    """The zoom the Segment widget made ``layer`` with (1 for layers from elsewhere)."""
+    try:
+        return float(layer.metadata.get(META_KEY, {}).get("zoom", 1.0))
+    except (TypeError, ValueError):
+        return 1.0
+
+
 # ------------------------------------------------------------------ widget
-class FinetuneWidget(Container):
+class FinetuneWidget(VersionsMixin, Container):
     """Dock widget: fine-tune the model on the corrections of a result layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -278,13 +97,16 @@ class FinetuneWidget(Container):
         self._cancel = threading.Event()
         self._job: dict[str, Any] = {}
         self._replay: Any = None
-        self._store: Any = None
+        self._selection = model_selection(viewer)
+        self._syncing = False
+        self._status_tracker: Any = None
         self._pending: FinetuneOutcome | None = None
         self._add_classes = False
         self.last_summary: dict[str, Any] = {}
 
         self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.labels = create_widget(annotation=napari.layers.Labels, label="corrected labels")
+        # not ``self.labels``: that is magicgui's flag for showing the fields' labels
+        self.labels_layer = create_widget(annotation=napari.layers.Labels, label="corrected labels")
         self.model = ComboBox(label="start from", choices=self._model_choices)
         self.budget = FloatSpinBox(label="time budget (s)", value=60.0, min=5.0, max=3600.0, step=5.0)
         self.lr_preset = ComboBox(label="learning rate", choices=list(LR_PRESETS), value="default")
@@ -328,7 +150,7 @@ class FinetuneWidget(Container):
         self.plot = TrainingPlot(budget=float(self.budget.value))
         self.extend(
             [
-                self.image, self.labels, review_row, self.trusted_status,
+                self.image, self.labels_layer, review_row, self.trusted_status,
                 self.model, self.budget, self.lr_preset, self.show_advanced, self.advanced,
                 run_row, self.add_class_button, self.progress, self.status,
             ]
@@ -341,7 +163,9 @@ class FinetuneWidget(Container):
         self.budget.changed.connect(lambda v: self.plot.set_budget(float(v)))
         self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
         self.image.changed.connect(self._on_image_choice)
-        self.labels.changed.connect(self._on_labels_choice)
+        self.labels_layer.changed.connect(self._on_labels_choice)
+        self.model.changed.connect(self._on_model_choice)
+        self._selection.changed.connect(self._on_selection_changed)
         self.review_button.changed.connect(self.toggle_reviewed)
         self.show_trusted_box.changed.connect(self._on_show_trusted)
         self.finetune_button.changed.connect(self.finetune)
@@ -358,7 +182,7 @@ class FinetuneWidget(Container):
         for layer in viewer.layers:
             self._attach(layer)
         self._on_image_choice()
-        self._update_trusted_status()
+        self._on_labels_choice()
         self.warmed_up = synchronous()
         if not self.warmed_up:
             run_generator(warm_up, on_finish=lambda: setattr(self, "warmed_up", True))
@@ -366,52 +190,50 @@ class FinetuneWidget(Container):
     # ------------------------------------------------------------- plumbing
     @property
     def store(self) -> Any:
-        """The user's model store (created on first use, so torch loads lazily)."""
-        if self._store is None:
-            from napari_unet.core.versions import ModelStore
-
-            self._store = ModelStore()
-        return self._store
+        """The user's model store (the viewer's shared one, created on first use)."""
+        return self._selection.store
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        return [(LAYER_MODEL, LAYER_MODEL), *model_choices()[:-1]]
+        return [(LAYER_MODEL, LAYER_MODEL), *self._selection.choices()]
 
-    def _version_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+    def _on_model_choice(self, *_: Any) -> None:
+        """The user picked a model to start from: it becomes the shared choice."""
+        if not self._syncing and self.model.value not in (None, LAYER_MODEL):
+            self._selection.select(self.model.value)
+
+    def _on_selection_changed(self) -> None:
+        """Refresh both lists; follow the shared choice unless starting from the layer's model."""
+        self._syncing = True
         try:
-            versions = list(self.store.list_versions())
-        except Exception:  # noqa: BLE001 - a broken store must not break the widget
-            return []
-        try:
-            current = self.store.current()
-        except Exception:  # noqa: BLE001
-            current = None
-        current_id = None if current is None else current.id
-        return [(self._version_label(v, v.id == current_id), v.id) for v in reversed(versions)]
+            self.model.reset_choices()
+            source = self._selection.source
+            if self.model.value != LAYER_MODEL and source is not None:
+                self.model.value = source
+            self.versions.reset_choices()
+        finally:
+            self._syncing = False
 
-    @staticmethod
-    def _version_label(version: Any, in_use: bool) -> str:
-        dice = version.metrics.get("val_dice_after", version.metrics.get("val_dice"))
-        label = version.id if version.name in ("", version.id) else f"{version.id}: {version.name}"
-        if isinstance(dice, float):
-            label += f", Dice {dice:.3f}"
-        return label + (" (current)" if in_use else "")
-
-    def _attach(self, layer: Any) -> None:
-        """Track corrections on every segmentation result layer."""
+    def _attach(self, layer: Any, chosen: bool = False) -> None:
+        """Track corrections on a segmentation result layer (or the one chosen here)
+        and bind Shift-R on it."""
         import napari
 
         if not isinstance(layer, napari.layers.Labels):
             return
-        if layer.metadata.get(META_KEY, {}).get("role") != "segmentation":
+        if not chosen and layer.metadata.get(META_KEY, {}).get("role") != "segmentation":
             return
-        tracker = tracker_for(layer)
+        tracker_for(layer)
         bind_review_key(self._viewer, layer)
-        tracker.changed.connect(self._update_trusted_status)
 
     def _on_layer_inserted(self, event: Any) -> None:
-        self._attach(event.value)
-        if self.labels.value is None:
-            self._on_image_choice()
+        layer = _unwrap(event.value)
+        self._attach(layer)
+        meta = getattr(layer, "metadata", {}).get(META_KEY, {})
+        image = self.image.value
+        if image is not None and meta.get("role") == "segmentation" and meta.get("image_layer") == image.name:
+            self.labels_layer.reset_choices()  # napari may refresh the list only after this handler
+            if layer in self.labels_layer.choices:
+                self.labels_layer.value = layer  # a new result of this image: fine-tune on it
 
     def _on_image_choice(self, *_: Any) -> None:
         image = self.image.value
@@ -419,15 +241,25 @@ class FinetuneWidget(Container):
             return
         found = find_result_layer(self._viewer, image.name)
         if found is not None:
-            self.labels.value = found
+            self.labels_layer.value = _unwrap(found)
 
     def _on_labels_choice(self, *_: Any) -> None:
+        """Follow the chosen layer's tracker, so the status line is live."""
+        layer = self.labels_layer.value
+        tracker = None if layer is None else tracker_for(layer)
+        if tracker is not self._status_tracker:
+            if self._status_tracker is not None:
+                self._status_tracker.changed.disconnect(self._update_trusted_status)
+            if tracker is not None:
+                self._attach(layer, chosen=True)
+                tracker.changed.connect(self._update_trusted_status)
+            self._status_tracker = tracker
         self._update_trusted_status()
         if self.show_trusted_box.value:
             self._on_show_trusted(True)
 
     def _tracker(self):
-        layer = self.labels.value
+        layer = self.labels_layer.value
         return None if layer is None else tracker_for(layer)
 
     def _update_trusted_status(self, *_: Any) -> None:
@@ -459,7 +291,7 @@ class FinetuneWidget(Container):
         self._update_trusted_status()
 
     def _on_show_trusted(self, visible: Any) -> None:
-        layer = self.labels.value
+        layer = self.labels_layer.value
         if layer is None:
             return
         for other in list(self._viewer.layers):
@@ -477,7 +309,7 @@ class FinetuneWidget(Container):
 
     def _request(self) -> FinetuneRequest:
         """Check the layers and copy what the worker needs; raise LayerProblem if unusable."""
-        image_layer, labels_layer = self.image.value, self.labels.value
+        image_layer, labels_layer = self.image.value, self.labels_layer.value
         check_image_layer(image_layer)
         if labels_layer is None:
             raise LayerProblem("No result layer: press Segment first, correct its labels, then fine-tune.")
@@ -514,6 +346,7 @@ class FinetuneWidget(Container):
             image_name=image_layer.name,
             labels_name=labels_layer.name,
             slices=len(tracker.trusted_slices()),
+            zoom=_layer_zoom(labels_layer),
         )
 
     def finetune(self, *_: Any):
@@ -538,8 +371,8 @@ class FinetuneWidget(Container):
         self._job = {
             "request": request,
             "outcome": None,
-            "layer": self.labels.value,
-            "previous": np.asarray(self.labels.value.data).copy(),
+            "layer": self.labels_layer.value,
+            "previous": np.asarray(self.labels_layer.value.data).copy(),
         }
         self._set_running(True)
         self.status.value = "starting…"
@@ -585,14 +418,17 @@ class FinetuneWidget(Container):
             self.progress.value = int(1000 * event.done / max(1, event.total))
 
     def _on_error(self, exc: BaseException) -> None:
-        from napari_unet.core.weights import ModelError
-
+        """The worker's ``errored`` handler: one notification, and what to do in the status line."""
+        failure = describe_failure(exc)
         self._job["outcome"] = "error"
-        self.status.value = "failed: nothing was changed"
-        if isinstance(exc, ValueError | ModelError):
-            show_warning(f"Fine-tuning failed: {exc}")
+        self.status.value = f"failed: {failure.message}. To fix it: {failure.hint}. Nothing was changed."
+        if failure.expected:
+            show_warning(f"Fine-tuning failed: {failure.message}. {failure.hint[:1].upper()}{failure.hint[1:]}.")
         else:
-            show_error(f"Fine-tuning failed: {type(exc).__name__}: {exc}")
+            import logging
+
+            logging.getLogger(__name__).error("fine-tuning failed", exc_info=(type(exc), exc, exc.__traceback__))
+            show_error(f"Fine-tuning failed: {failure.message} ({failure.hint}).")
 
     def _on_finish(self) -> None:
         self._job["finished"] = True
@@ -602,7 +438,7 @@ class FinetuneWidget(Container):
         self.plot.update(force=True)
         self._worker = None
         self._add_classes = False
-        self.versions.reset_choices()
+        self._selection.refresh()  # a round (even a cancelled one) may have added a version
 
     def _set_running(self, running: bool) -> None:
         self.finetune_button.enabled = not running
@@ -683,7 +519,6 @@ class FinetuneWidget(Container):
         self._show_gate(False)
         self.store.rollback(outcome.version.id)
         self._apply(outcome)
-        self.versions.reset_choices()
 
     def keep_previous(self, *_: Any) -> None:
         """Keep the previous model and the labels as they are."""
@@ -718,7 +553,7 @@ class FinetuneWidget(Container):
             layer.colormap = labels_colormap(outcome.classes)
             layer.features = class_features(outcome.classes)
             meta["classes"] = {c.id: c.name for c in outcome.classes}
-        self.model.reset_choices()
+        self._selection.select(outcome.version.path)  # the Segment widget uses it from now on too
         self.model.value = LAYER_MODEL
         before, after = self._gate_numbers(outcome)
         self.last_summary = {
@@ -741,80 +576,3 @@ class FinetuneWidget(Container):
         )
         self.status.value = "done: labels updated (your corrections kept as they are)"
         show_info(f"Fine-tuned {outcome.version.id}: val. Dice {_fmt(before)} → {_fmt(after)}.")
-
-    # ------------------------------------------------------------ versions
-    def rollback(self, *_: Any) -> None:
-        """Use the version chosen in the list for the next segmentation and fine-tune."""
-        version_id = self.versions.value
-        if not version_id:
-            show_warning("No saved versions yet: fine-tune once to make one.")
-            return
-        try:
-            version = self.store.rollback(version_id)
-        except ValueError as exc:
-            show_warning(f"Cannot use {version_id}: {exc}")
-            return
-        layer = self.labels.value
-        if layer is not None:
-            meta = layer.metadata.setdefault(META_KEY, {})
-            meta["model_source"] = meta["model"] = str(version.path)
-        self.versions.reset_choices()
-        self.model.reset_choices()
-        self.status.value = f"using {version.id} ('{version.name}') from now on"
-        show_info(f"Now using {version.id} ('{version.name}'); press Segment to see its labels.")
-
-    def rename_version(self, old: str, new: str) -> None:
-        """Rename a saved version (its folder and its config name)."""
-        if not new.strip():
-            show_warning("Type the new name first.")
-            return
-        try:
-            self.store.rename(old, new.strip())
-        except (ValueError, OSError) as exc:
-            show_warning(f"Cannot rename '{old}': {exc}")
-            return
-        self.versions.reset_choices()
-        self.status.value = f"renamed '{old}' to '{new.strip()}'"
-
-    def export_version(self, name: str, destination: str | Path) -> Path | None:
-        """Copy a version's folder to ``destination``."""
-        try:
-            path = self.store.export(name, Path(destination))
-        except (ValueError, OSError) as exc:
-            show_warning(f"Cannot export '{name}': {exc}")
-            return None
-        show_info(f"Exported '{name}' to {path}")
-        return Path(path) if path is not None else Path(destination)
-
-    def import_model(self, folder: str | Path) -> Any:
-        """Add a model folder from elsewhere to the version list."""
-        try:
-            version = self.store.import_folder(Path(folder))
-        except (ValueError, OSError) as exc:
-            show_warning(f"Cannot import {folder}: {exc}")
-            return None
-        self.versions.reset_choices()
-        self.model.reset_choices()
-        show_info(f"Imported {folder} as {version.id} ('{version.name}')")
-        return version
-
-    def _on_rename(self, *_: Any) -> None:
-        if self.versions.value:
-            self.rename_version(self.versions.value, self.new_name.value)
-
-    def _on_export(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        if not self.versions.value:
-            show_warning("No saved versions yet.")
-            return
-        folder = QFileDialog.getExistingDirectory(self.native, "Export the model folder into…")
-        if folder:
-            self.export_version(self.versions.value, Path(folder) / self.versions.value)
-
-    def _on_import(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        folder = QFileDialog.getExistingDirectory(self.native, "Model folder (weights.safetensors + config.json)")
-        if folder:
-            self.import_model(folder)

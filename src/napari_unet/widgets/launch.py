@@ -7,20 +7,42 @@ from pathlib import Path
 PLUGIN = "napari-unet"
 
 
-def open_viewer(file: str | None = None, sample: str = "retina"):
-    """A napari viewer with ``file`` (or a sample) and both widgets docked."""
+def dock_plugin_widget(viewer, widget_name: str):
+    """Dock the plugin's widget ``widget_name`` ("Segment", "Fine-tune") the way
+    *Plugins > ...* does, or return the copy already docked.
+
+    napari's ``add_plugin_dock_widget`` names the dock after the plugin's
+    manifest ``name`` while the Plugins menu looks for one named after its
+    ``display_name``; a widget docked the first way is not found by the menu,
+    which then docks a second copy. Docking under the menu's name lets the
+    menu find (and show or hide) this one.
+    """
+    from napari.plugins import menu_item_template
+    from npe2 import PluginManager
+
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    contribution = next(w for w in manifest.contributions.widgets if w.display_name == widget_name)
+    dock_name = menu_item_template.format(manifest.display_name, widget_name)
+    docked = viewer.window.dock_widgets.get(dock_name)
+    if docked is not None:
+        return docked
+    widget = contribution.get_callable()(viewer)
+    viewer.window.add_dock_widget(widget, name=dock_name, area="right")
+    return widget
+
+
+def open_viewer(file: str | None = None, sample: str = "retina", viewer=None):
+    """A napari viewer (a new one unless given) with ``file`` (or a sample) and both widgets docked."""
     import napari
 
-    viewer = napari.Viewer(title="napari-unet")
+    if viewer is None:
+        viewer = napari.Viewer(title="napari-unet")
     if file:
         viewer.open(file, plugin=None)
     else:
         viewer.open_sample(PLUGIN, sample)
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
-    try:
-        viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
-    except Exception:  # noqa: BLE001 - the Fine-tune widget is optional for viewing
-        pass
+    dock_plugin_widget(viewer, "Segment")
+    dock_plugin_widget(viewer, "Fine-tune")
     return viewer
 
 

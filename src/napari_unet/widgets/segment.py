@@ -1,9 +1,12 @@
 """The Segment widget: choose an image, a model and a device; press Segment.
 
-Prediction runs in napari's ``thread_worker`` with a progress bar and a Cancel
-button. The result is a Labels layer named after the image, with the model's
-class names and colours and the image's scale and translate. A result the
-user has edited is never overwritten: a new layer is made instead.
+Prediction runs in a worker thread with a progress bar and a Cancel button.
+The result is a Labels layer named after the image, with the model's class
+names and colours and the image's scale and translate; its metadata records
+the model and the zoom it was made with (fine-tuning re-segments with them).
+A result the user has edited is never overwritten: a new layer is made instead.
+The model list is the viewer's shared :class:`._common.ModelSelection`, so it
+always shows the model the Fine-tune widget just made.
 """
 
 from __future__ import annotations
@@ -29,9 +32,13 @@ from ._common import (
     LayerProblem,
     check_image_layer,
     class_features,
+    describe_failure,
+    heavy_imports,
     labels_colormap,
     labels_digest,
+    model_selection,
     run_generator,
+    show_error,
     show_info,
     show_warning,
 )
@@ -43,26 +50,6 @@ FOLDER_CHOICE = "model folder below…"
 SCOPE_ALL = "whole image / stack"
 SCOPE_SLICE = "slice on screen (3D)"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def model_choices(_widget=None) -> list[tuple[str, str]]:
-    """Bundled models, then the user's saved versions, then 'a folder'."""
-    from napari_unet.core.weights import bundled_model_names, default_model_name
-
-    choices: list[tuple[str, str]] = []
-    default = default_model_name()
-    for name in bundled_model_names():
-        label = f"{name} (bundled{', default' if name == default else ''})"
-        choices.insert(0 if name == default else len(choices), (label, name))
-    try:
-        from napari_unet.core.versions import ModelStore
-
-        for version in ModelStore().list_versions():
-            choices.append((f"{version.name} (yours)", str(version.path)))
-    except Exception:  # noqa: BLE001 - a broken user store must not break the widget
-        pass
-    choices.append((FOLDER_CHOICE, FOLDER_CHOICE))
-    return choices
 
 
 def result_layer_name(image_name: str) -> str:
@@ -139,12 +126,14 @@ def segment_job(
     Yields ``("status", text)`` and ``PredictProgress``; returns
     ``(model_config, labels, plane)``.
     """
-    from napari_unet.core.normalize import percentile_range
-    from napari_unet.core.predict import PredictOptions, predict_iter
-    from napari_unet.core.weights import load_model
+    with heavy_imports():
+        from napari_unet.core.normalize import percentile_range
+        from napari_unet.core.predict import PredictOptions, predict_iter
+        from napari_unet.core.weights import load_model
 
     yield ("status", "loading model…")
-    model = load_model(model_source, device="cpu")
+    with heavy_imports():
+        model = load_model(model_source, device="cpu")
     yield ("status", "measuring intensities…")
     ranges = percentile_range(data, model.config.input, rgb)
     image = data if plane is None else data[plane]
@@ -164,8 +153,13 @@ class SegmentWidget(Container):
         self._worker = None
         self._job: dict[str, Any] = {}
         self._tile = 512
+        self._syncing = False
+        self._selection = model_selection(viewer)
         self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.model = ComboBox(label="model", choices=model_choices)
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self._synced_source = self._selection.source
+        if self._synced_source is not None:
+            self.model.value = self._synced_source
         self.model_folder = FileEdit(label="model folder", mode="d", value="")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.zoom = FloatSpinBox(
@@ -182,15 +176,38 @@ class SegmentWidget(Container):
             [self.image, self.model, self.model_folder, self.device, self.zoom, self.scope,
              self.segment_button, self.cancel_button, self.progress, self.status]
         )
+        self.status.native.setWordWrap(True)
         self.model.changed.connect(self._on_model_choice)
+        self._selection.changed.connect(self._on_selection_changed)
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
-        self._on_model_choice()
-
-    # ---------------------------------------------------------------- actions
-    def _on_model_choice(self, *_: Any) -> None:
         self.model_folder.visible = self.model.value == FOLDER_CHOICE
 
+    # ---------------------------------------------------------------- models
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        return [*self._selection.choices(), (FOLDER_CHOICE, FOLDER_CHOICE)]
+
+    def _on_model_choice(self, *_: Any) -> None:
+        """The user picked a model here: it becomes the shared choice (a folder stays local)."""
+        self.model_folder.visible = self.model.value == FOLDER_CHOICE
+        if not self._syncing and self.model.value not in (None, FOLDER_CHOICE):
+            self._selection.select(self.model.value)
+
+    def _on_selection_changed(self) -> None:
+        """Another widget (or a fine-tuning round) changed the shared model choice."""
+        source = self._selection.source
+        keep_folder = self.model.value == FOLDER_CHOICE and source == self._synced_source
+        self._syncing = True
+        try:
+            self.model.reset_choices()
+            if source is not None and not keep_folder:
+                self.model.value = source
+        finally:
+            self._syncing = False
+        self._synced_source = source
+        self.model_folder.visible = self.model.value == FOLDER_CHOICE
+
+    # ---------------------------------------------------------------- actions
     def _model_source(self) -> str | None:
         if self.model.value == FOLDER_CHOICE:
             folder = Path(str(self.model_folder.value or ""))
@@ -218,11 +235,12 @@ class SegmentWidget(Container):
         spatial = tuple(data.shape[:-1] if layer.rgb else data.shape)
         chunked = wants_chunked_result(data, spatial)
         out = empty_labels(spatial, chunked) if (chunked and plane is None) else None
+        zoom = float(self.zoom.value)
         self._job: dict[str, Any] = {
-            "outcome": None, "layer": layer, "plane": plane, "spatial": spatial, "chunked": chunked,
+            "outcome": None, "layer": layer, "plane": plane, "spatial": spatial, "chunked": chunked, "zoom": zoom,
         }
         self._worker = run_generator(
-            segment_job, data, layer.rgb, source, self.device.value, plane, self._tile, out, self.zoom.value,
+            segment_job, data, layer.rgb, source, self.device.value, plane, self._tile, out, zoom,
             on_yield=self._on_progress, on_return=self._on_result,
             on_error=self._on_error, on_finish=self._on_finish,
         )
@@ -244,12 +262,17 @@ class SegmentWidget(Container):
         self.status.value = f"{event.done}/{event.total} tiles"
 
     def _on_error(self, exc: BaseException) -> None:
-        from napari_unet.core.weights import ModelError
-
+        """The worker's ``errored`` handler: one notification, and what to do in the status line."""
+        failure = describe_failure(exc)
         self._job["outcome"] = "error"
-        message = str(exc) if isinstance(exc, ValueError | ModelError) else f"{type(exc).__name__}: {exc}"
-        self.status.value = "failed"
-        show_warning(f"Segmentation failed: {message}")
+        self.status.value = f"failed: {failure.message}. To fix it: {failure.hint}. Nothing was changed."
+        if failure.expected:
+            show_warning(f"Segmentation failed: {failure.message}. {failure.hint[:1].upper()}{failure.hint[1:]}.")
+        else:
+            import logging
+
+            logging.getLogger(__name__).error("segmentation failed", exc_info=(type(exc), exc, exc.__traceback__))
+            show_error(f"Segmentation failed: {failure.message} ({failure.hint}).")
 
     def _on_finish(self) -> None:
         if self._job.get("outcome") is None:
@@ -279,6 +302,15 @@ class SegmentWidget(Container):
     def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None, source: str):
         """Put the prediction in a Labels layer, never overwriting user edits."""
         full_shape = self._job["spatial"]
+        meta = {
+            "role": "segmentation",
+            "image_layer": image_layer.name,
+            "model": config.name,
+            "model_source": source,
+            "zoom": self._job.get("zoom", 1.0),
+            "classes": {c.id: c.name for c in config.classes},
+            "edited": False,
+        }
         existing = find_result_layer(self._viewer, image_layer.name)
         if existing is not None and tuple(existing.data.shape) == full_shape and not was_edited(existing):
             if plane is None:
@@ -296,6 +328,9 @@ class SegmentWidget(Container):
             if plane is not None:
                 data[plane] = labels
             extra = {k: v for k, v in image_layer.metadata.items() if k != META_KEY}
+            # with the plugin's own metadata from the start, so the Fine-tune widget
+            # sees a result layer the moment it is inserted
+            extra[META_KEY] = dict(meta)
             target = self._viewer.add_labels(
                 data,
                 name=result_layer_name(image_layer.name),
@@ -307,17 +342,13 @@ class SegmentWidget(Container):
                 metadata=extra,  # the scan's geometry (affine) travels to the writers
             )
             target.events.paint.connect(_mark_edited(target))
-            from .corrections import tracker_for
+            from .corrections import bind_review_key, tracker_for
 
             tracker_for(target)  # record corrections from the first brush stroke on
+            bind_review_key(self._viewer, target)
         target.metadata[META_KEY] = {
             **target.metadata.get(META_KEY, {}),
-            "role": "segmentation",
-            "image_layer": image_layer.name,
-            "model": config.name,
-            "model_source": source,
-            "classes": {c.id: c.name for c in config.classes},
+            **meta,
             "digest": labels_digest(target.data) if isinstance(target.data, np.ndarray) else None,
-            "edited": False,
         }
         return target

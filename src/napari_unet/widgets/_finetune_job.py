@@ -1,0 +1,218 @@
+"""The Fine-tune widget's worker: fine-tune, save a version, gate it, segment again.
+
+Runs off the GUI thread (see :func:`._common.run_generator`); everything it
+needs is copied off the layers into a :class:`FinetuneRequest` first, and it
+hands a :class:`FinetuneOutcome` back. No Qt here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._common import heavy_imports
+
+__all__ = ["FinetuneOutcome", "FinetuneRequest", "finetune_job", "round_summary", "warm_up"]
+
+
+@dataclass
+class FinetuneRequest:
+    """Everything the worker needs, copied off the layers on the GUI thread."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    trusted: np.ndarray
+    rgb: bool
+    base_model: str | None
+    max_seconds: float
+    max_steps: int | None = None
+    lr: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    add_classes: bool = False
+    image_name: str = ""
+    labels_name: str = ""
+    slices: int = 0
+    #: the zoom the layer was segmented with, so segmenting again gives comparable labels
+    zoom: float = 1.0
+
+
+@dataclass
+class FinetuneOutcome:
+    """What the worker hands back to the GUI thread.
+
+    ``status`` is ``done``, ``cancelled`` or ``classes`` (labels use class ids
+    the model lacks: ``missing_classes``; nothing was trained).
+    """
+
+    status: str
+    version: Any = None
+    decision: Any = None
+    result: Any = None
+    predicted: np.ndarray | None = None
+    missing_classes: tuple[int, ...] = ()
+    model_classes: tuple[int, ...] = ()
+    seconds: float = 0.0
+    steps: int = 0
+    classes: tuple[Any, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ the job
+def _store_version_of(store: Any, source: str | None) -> str | None:
+    """The id of the store version whose folder is ``source``, if it is one."""
+    if not source:
+        return None
+    try:
+        wanted = Path(source).resolve()
+        for version in store.list_versions():
+            if version.path.resolve() == wanted:
+                return version.id
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def warm_up() -> Generator[None, None, None]:
+    """Import what a fine-tune needs, off the GUI thread, before the first click.
+
+    The first optimiser made in a process imports a large part of torch; any
+    import holds the GIL for long stretches, which would freeze the window for
+    up to a second at the start of the first round if left to the run itself.
+    """
+    with heavy_imports():
+        import torch
+
+        import napari_unet.core.finetune  # noqa: F401
+        import napari_unet.core.predict  # noqa: F401
+
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    yield None
+
+
+def _accepts(function: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(function).parameters
+
+
+def finetune_job(
+    request: FinetuneRequest, store: Any, replay: Any, cancel: threading.Event
+) -> Generator[Any, None, FinetuneOutcome]:
+    """The worker: fine-tune, save a version, gate it, re-segment.
+
+    Yields ``("status", text)``, training events and prediction progress.
+    Cancelling (``cancel.set()``) stops training at the next step. When the
+    core can stop a run gracefully (a ``stop`` callable), the best weights so
+    far are saved as a version that is not promoted; otherwise the run is
+    dropped and nothing changes.
+    """
+    with heavy_imports():
+        from napari_unet.core.finetune import FinetuneOptions, finetune_iter
+        from napari_unet.core.predict import PredictOptions, predict_iter
+        from napari_unet.core.weights import load_model
+
+    start = time.perf_counter()
+    yield ("status", "loading model…")
+    with heavy_imports():
+        model = load_model(request.base_model, device="cpu")
+    known = {c.id for c in model.config.classes}
+    used = {int(v) for v in np.unique(request.labels[request.trusted])}
+    missing = tuple(sorted(used - known))
+    if missing and not request.add_classes:
+        return FinetuneOutcome("classes", missing_classes=missing, model_classes=tuple(sorted(known)))
+
+    yield ("status", "fine-tuning…")
+    kwargs: dict[str, Any] = {
+        "max_seconds": request.max_seconds,
+        "steps": request.max_steps,
+        "device": request.device,
+        "seed": request.seed,
+        "replay": replay,
+        "add_classes": request.add_classes,
+    }
+    if request.lr is not None:
+        kwargs["options"] = FinetuneOptions(lr=request.lr)
+    graceful = _accepts(finetune_iter, "stop")
+    if graceful:
+        kwargs["stop"] = cancel.is_set
+    training = finetune_iter(request.image, request.labels, request.trusted, model, **kwargs)
+    steps = 0
+    result = None
+    while True:
+        try:
+            event = next(training)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        steps = event.step
+        yield event
+        if cancel.is_set() and not graceful:
+            training.close()  # the core drops the run; the base model is untouched
+            return FinetuneOutcome("cancelled", steps=steps, seconds=time.perf_counter() - start)
+    cancelled = cancel.is_set()
+    if cancelled and (result is None or result.steps == 0):
+        return FinetuneOutcome("cancelled", steps=steps, seconds=time.perf_counter() - start)
+
+    yield ("status", "saving the new version…")
+    trained = result.model
+    parent = _store_version_of(store, request.base_model)
+    metrics = {
+        "val_dice_before": result.val_dice_before,
+        "val_dice_after": result.val_dice_after,
+        "trusted_pixels": int(result.trusted_pixels),
+        "slices": int(result.slices),
+        "seconds": round(float(result.seconds), 2),
+        "steps": int(result.steps),
+        "image": request.image_name,
+        "cancelled": cancelled,
+    }
+    version = store.add_version(trained, parent=parent or request.base_model, metrics=metrics)
+    if cancelled:
+        return FinetuneOutcome(
+            "cancelled", version=version, result=result, steps=steps, seconds=time.perf_counter() - start
+        )
+    yield ("status", "checking against the previous version…")
+    decision = store.promote(version, parent, result.val_dice_after, result.val_dice_before)
+    yield ("status", "segmenting again…")
+    prediction = yield from predict_iter(
+        request.image, trained, PredictOptions(device=request.device, zoom=request.zoom), rgb=request.rgb
+    )
+    return FinetuneOutcome(
+        "done",
+        version=version,
+        decision=decision,
+        result=result,
+        predicted=np.asarray(prediction.labels),
+        steps=steps,
+        seconds=time.perf_counter() - start,
+        classes=tuple(trained.config.classes),
+        notes=list(getattr(prediction, "notes", [])),
+    )
+
+
+# ------------------------------------------------------------- statistics
+def round_summary(
+    corrected: np.ndarray, trusted: np.ndarray, predicted: np.ndarray, previous: np.ndarray
+) -> dict[str, float]:
+    """How the new prediction relates to the user's corrections.
+
+    ``disagree_trusted``: fraction of trusted pixels where the new model
+    disagrees with the corrected labels (what it has not learned);
+    ``changed_untrusted``: pixels outside the trusted mask whose label the new
+    prediction changes.
+    """
+    n_trusted = int(trusted.sum())
+    disagree = int(((predicted != corrected) & trusted).sum())
+    changed = int(((predicted != previous) & ~trusted).sum())
+    return {
+        "trusted_pixels": n_trusted,
+        "disagree_trusted": disagree / n_trusted if n_trusted else 0.0,
+        "changed_untrusted": changed,
+    }
