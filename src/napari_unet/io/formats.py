@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import IOErrorMessage, Scan, ScanMeta, atomic_path, format_of
+from .base import IOErrorMessage, Scan, ScanMeta, atomic_path, format_of, is_zarr_folder
 from .output import (
     LabelsOutput,
     MemoryLabelsOutput,
@@ -26,6 +26,27 @@ from .output import (
 )
 
 Index = int | Sequence[int] | None
+
+
+#: Formats the napari reader opens (NumPy and PNG/JPEG are left to napari's own reader).
+VIEWER_FORMATS = ("nifti", "dicom", "tiff", "zarr")
+
+
+def plugin_can_read(path: str | os.PathLike) -> bool:
+    """Whether napari-unet's napari reader opens ``path``: an existing NIfTI, DICOM
+    file, TIFF or zarr, or a folder holding zarr metadata or DICOM files. Cheap:
+    looks at the name and, for a folder, at a few files."""
+    path = Path(path)
+    if path.is_dir():
+        if is_zarr_folder(path) or path.name.lower().endswith(".zarr"):
+            return True
+        from .dicom import folder_has_dicom
+
+        return folder_has_dicom(path)
+    try:
+        return format_of(path) in VIEWER_FORMATS and path.exists()
+    except IOErrorMessage:
+        return False
 
 
 def read_all_axes(path: str | os.PathLike) -> list[Scan]:
