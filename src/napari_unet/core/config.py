@@ -84,13 +84,35 @@ DEFAULT_CLASSES: tuple[ClassInfo, ...] = (
 )
 
 
+#: How intensities are mapped to the network's input scale (see :class:`InputConfig`).
+NORMALIZATIONS = ("auto", "ct", "body", "percentile")
+
+#: The soft-tissue window (W400/L40, in Hounsfield units) CT scans are read with.
+DEFAULT_CT_WINDOW = (-160.0, 240.0)
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """How raw pixels become network input.
 
-    Intensities are mapped with robust percentiles (``low``..``high`` -> 0..1,
-    computed per image and per channel), so a CT in Hounsfield units, a
-    uint16 MRI and a uint8 photo all reach the network on the same scale.
+    Every mode maps intensities affinely to about 0..1 (values outside are
+    kept up to -1..2, so a bright lesion beyond the range is not flattened),
+    chosen per image by ``normalization``:
+
+    * ``ct``: a fixed window in Hounsfield units (``ct_window``, by default
+      the soft-tissue window -160..240 HU). HU are absolute, so every CT is
+      read the same way, whatever else is in the field of view: a whole-volume
+      percentile range would squeeze liver and tumour into a few hundredths.
+    * ``body``: the ``low``..``high`` percentiles of the voxels inside the
+      body (brighter than the dark background), as nnU-Net z-scores MRI
+      inside its foreground; for MRI and other scans with a dark surround.
+    * ``percentile``: the ``low``..``high`` percentiles of the whole image,
+      per channel (photos, EM, microscopy; the only mode of format 1 models).
+    * ``auto`` (the default): ``ct`` for a grey scan in HU (values down to air
+      at about -1000), else ``body`` for a grey scan with a dark background,
+      else ``percentile``. The choice depends only on the image, so predict
+      and fine-tune always agree (:func:`napari_unet.core.normalize.resolve_normalization`).
+
     ``rgb`` says how a colour image feeds a grey model: ``luminance`` or one
     channel (``red``/``green``/``blue``). A grey image feeding an RGB model is
     repeated over the channels.
@@ -99,12 +121,20 @@ class InputConfig:
     low_percentile: float = 1.0
     high_percentile: float = 99.5
     rgb: str = "luminance"
+    normalization: str = "auto"
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_percentile < self.high_percentile <= 100:
             raise ValueError("percentiles must satisfy 0 <= low < high <= 100")
         if self.rgb not in ("luminance", "red", "green", "blue"):
             raise ValueError(f"rgb must be luminance/red/green/blue, got {self.rgb!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        window = tuple(float(v) for v in self.ct_window)
+        if len(window) != 2 or not window[0] < window[1]:
+            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window!r}")
+        object.__setattr__(self, "ct_window", window)
 
 
 @dataclass(frozen=True)
@@ -159,7 +189,7 @@ class ModelConfig:
                 name=str(data["name"]),
                 architecture=UNetConfig(**arch),
                 classes=tuple(ClassInfo(**c) for c in data["classes"]),
-                input=InputConfig(**data.get("input", {})),
+                input=_input_config(data.get("input", {})),
                 provenance=dict(data.get("provenance", {})),
                 format_version=FORMAT_VERSION,
             )
@@ -168,3 +198,13 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _input_config(data: dict[str, Any]) -> InputConfig:
+    """``config.json``'s ``input``; a model saved before ``normalization``
+    existed was trained on whole-image percentiles and keeps them."""
+    data = dict(data)
+    data.setdefault("normalization", "percentile")
+    if "ct_window" in data:
+        data["ct_window"] = tuple(data["ct_window"])
+    return InputConfig(**data)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import InputConfig, ModelConfig
-from .normalize import normalize_slice, percentile_range
+from .normalize import intensity_ranges, normalize_slice
 from .simulate import SimulatorConfig, simulate_scan
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -41,7 +41,7 @@ class DatasetError(ValueError):
 def normalize_image(image: np.ndarray, input_config: InputConfig, in_channels: int, rgb: bool | None = None) -> np.ndarray:
     """A 2D image (H,W) or (H,W,3) -> float32 (C,H,W), as the predictor normalises it."""
     is_rgb = image.ndim == 3 and image.shape[-1] == 3 if rgb is None else rgb
-    ranges = percentile_range(image, input_config, is_rgb)
+    ranges = intensity_ranges(image, input_config, is_rgb)
     return normalize_slice(image, ranges, in_channels, input_config)
 
 
@@ -297,7 +297,7 @@ def load_pair(pair: Pair, model_config: ModelConfig, foreground_class: int | Non
             "(a binary mask saved as 0/255? pass foreground_class / --foreground-class)"
         )
     arch = model_config.architecture
-    ranges = percentile_range(image, model_config.input, rgb)
+    ranges = intensity_ranges(image, model_config.input, rgb)
     planes = [image] if len(spatial) == 2 else list(image)
     x = np.stack([normalize_slice(p, ranges, arch.in_channels, model_config.input) for p in planes])
     y = labels[None] if len(spatial) == 2 else labels

@@ -45,7 +45,7 @@ import torch
 from .augment import AugmentConfig, augment_sample
 from .config import ClassInfo
 from .device import resolve_device
-from .normalize import normalize_slice, percentile_range
+from .normalize import intensity_ranges, normalize_slice
 from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
 from .weights import SegmentationModel
 
@@ -342,28 +342,52 @@ def _crop(entry: Correction, y0: int, x0: int, size: int, mask: np.ndarray) -> B
 
 class CorrectionSampler:
     """``sample_batch`` for :func:`~napari_unet.core.train.train_iter`: crops
-    centred on trusted training pixels of the buffer's corrections."""
+    centred on trusted training pixels of the buffer's corrections.
 
-    def __init__(self, entries: list[Correction], crop: int, augment: AugmentConfig) -> None:
+    A share ``foreground`` of the crops is centred on a foreground pixel: a
+    foreground class is drawn uniformly among those present anywhere in the
+    buffer, then a correction holding it (square-root weighted by its pixel
+    count), then one of its pixels. So a lesion of 20 pixels on one of ten
+    corrected slices is in a crop as often as a large one: this is what lets a
+    round learn a small lesion. The other crops are centred anywhere on the
+    trusted pixels (corrections square-root weighted by their pixel count).
+    """
+
+    def __init__(
+        self, entries: list[Correction], crop: int, augment: AugmentConfig, foreground: float = 0.5
+    ) -> None:
         self.entries = [e for e in entries if len(e.train_coords)]
         if not self.entries:
             raise ValueError("no trusted pixels left for training")
         self.crop = crop
         self.augment = augment
+        self.foreground = foreground
         # square-root weighting: a few brush strokes on one slice still count
         weights = np.sqrt([len(e.train_coords) for e in self.entries])
         self.weights = weights / weights.sum()
+        self.by_class: dict[int, tuple[list[int], np.ndarray]] = {}
+        for i, entry in enumerate(self.entries):
+            for cls, members in entry.class_coords.items():
+                if cls != 0 and len(members):
+                    self.by_class.setdefault(cls, ([], []))[0].append(i)
+                    self.by_class[cls][1].append(np.sqrt(len(members)))
+        self.by_class = {c: (ids, np.asarray(w) / np.sum(w)) for c, (ids, w) in self.by_class.items()}
+
+    def _centre(self, rng: np.random.Generator) -> tuple[Correction, int]:
+        if self.by_class and rng.random() < self.foreground:
+            classes = sorted(self.by_class)
+            cls = classes[int(rng.integers(len(classes)))]
+            ids, weights = self.by_class[cls]
+            entry = self.entries[ids[int(rng.choice(len(ids), p=weights))]]
+            members = entry.class_coords[cls]
+            return entry, int(members[rng.integers(len(members))])
+        entry = self.entries[int(rng.choice(len(self.entries), p=self.weights))]
+        return entry, int(rng.integers(len(entry.train_coords)))
 
     def __call__(self, rng: np.random.Generator, n: int) -> Batch:
         xs, ys, ms = [], [], []
         for _ in range(n):
-            entry = self.entries[int(rng.choice(len(self.entries), p=self.weights))]
-            if rng.random() < 0.5 and len(entry.class_coords) > 1:
-                # class-balanced: a random class first, then one of its pixels
-                members = list(entry.class_coords.values())[int(rng.integers(len(entry.class_coords)))]
-                index = int(members[rng.integers(len(members))])
-            else:
-                index = int(rng.integers(len(entry.train_coords)))
+            entry, index = self._centre(rng)
             cy, cx = entry.train_coords[index]
             jitter = self.crop // 4
             y0 = int(cy) - self.crop // 2 + int(rng.integers(-jitter, jitter + 1))
@@ -436,7 +460,7 @@ def prepare_corrections(
     if total == 0:
         raise ValueError("no trusted pixels: correct some pixels or mark a slice reviewed first")
     config = model.config
-    ranges = percentile_range(image, config.input, rgb)
+    ranges = intensity_ranges(image, config.input, rgb)
     planes = range(labels.shape[0]) if volume else [None]
     corrections = []
     for z in planes:
@@ -560,7 +584,8 @@ def finetune_iter(
         weight_decay=options.weight_decay,
         warmup_steps=options.warmup_steps,
         val_every=options.val_every,
-        patience=options.patience if validation else None,
+        # an explicit step count is a promise: no early stop
+        patience=options.patience if validation and steps is None else None,
         device=str(torch_device),
         precision=options.precision,
         seed=seed,

@@ -21,7 +21,8 @@ import torch
 
 from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
 from .model import fuse_batchnorm
-from .normalize import normalize_slice, percentile_range
+from . import normalize as _normalize
+from .normalize import normalize_slice
 from .tiling import blend_weights, tile_grid, tile_size_for
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,11 @@ def predict_iter(
         raise ValueError(f"model expects {arch.in_channels} channels; it cannot read an RGB image")
     device = resolve_device(options.device)
     dtype = resolve_precision(options.precision, device)
-    ranges = intensity_ranges if intensity_ranges is not None else percentile_range(image, config.input, is_rgb)
+    ranges = (
+        intensity_ranges
+        if intensity_ranges is not None
+        else _normalize.intensity_ranges(image, config.input, is_rgb)
+    )
     net = prepare_network(model.net, device)
     runner = _TileRunner(net, device, dtype, options.batch_size)
 

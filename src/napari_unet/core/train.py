@@ -207,6 +207,51 @@ def _to_tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch
     )
 
 
+def validation_scores(
+    model: SegmentationModel,
+    validation: Sequence[Batch],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """``(dice, soft_dice)`` of ``model`` over the trusted pixels of all batches.
+
+    ``dice`` is :func:`validation_dice`. ``soft_dice`` is the Dice of the
+    softmax probabilities, averaged over the foreground classes present in the
+    targets (the background's when there is none): it rises while a model is
+    still learning a structure it does not yet predict, so it breaks ties
+    between weights whose hard Dice is the same (typically 0 early on).
+    """
+    device = resolve_device(device)
+    net = model.net
+    was_training = net.training
+    k = model.config.architecture.num_classes
+    matrix = np.zeros((k, k), dtype=np.int64)
+    inter = np.zeros(k)
+    total = np.zeros(k)
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for batch in validation:
+                x, y, mask = _to_tensors(batch, device)
+                with autocast(device, dtype):
+                    logits = net(x)
+                probs = torch.softmax(logits.float(), dim=1)
+                one_hot = torch.nn.functional.one_hot(y, k).permute(0, 3, 1, 2).float()
+                w = mask[:, None]
+                inter += (probs * one_hot * w).sum(dim=(0, 2, 3)).double().cpu().numpy()
+                total += ((probs + one_hot) * w).sum(dim=(0, 2, 3)).double().cpu().numpy()
+                pred = logits.argmax(dim=1).cpu().numpy()
+                matrix += confusion_matrix(pred, y.cpu().numpy(), k, mask.cpu().numpy())
+    finally:
+        net.train(was_training)
+    if matrix.sum() == 0:
+        return float("nan"), float("nan")
+    present = matrix.sum(axis=1) > 0
+    classes = [c for c in range(1, k) if present[c]] or [0]
+    soft = float(np.mean([2 * inter[c] / max(total[c], 1e-9) for c in classes]))
+    return score_from_confusion(matrix, fallback=True), soft
+
+
 def validation_dice(
     model: SegmentationModel,
     validation: Sequence[Batch],
@@ -220,25 +265,15 @@ def validation_dice(
     target scores the background Dice. NaN when no pixel is trusted. The
     network's train/eval mode is restored afterwards.
     """
-    device = resolve_device(device)
-    net = model.net
-    was_training = net.training
-    k = model.config.architecture.num_classes
-    matrix = np.zeros((k, k), dtype=np.int64)
-    net.eval()
-    try:
-        with torch.inference_mode():
-            for batch in validation:
-                x, y, mask = _to_tensors(batch, device)
-                with autocast(device, dtype):
-                    logits = net(x)
-                pred = logits.argmax(dim=1).cpu().numpy()
-                matrix += confusion_matrix(pred, y.cpu().numpy(), k, mask.cpu().numpy())
-    finally:
-        net.train(was_training)
-    if matrix.sum() == 0:
-        return float("nan")
-    return score_from_confusion(matrix, fallback=True)
+    return validation_scores(model, validation, device, dtype)[0]
+
+
+#: A soft-Dice gain smaller than this does not count as progress while the
+#: hard Dice is unchanged.
+SOFT_DELTA = 2e-3
+#: While validation Dice is still 0, a smoothed training loss this much below
+#: its best (relative) counts as progress for the early stop.
+LOSS_PROGRESS = 0.02
 
 
 def _lr_factor(options: TrainOptions, step: int, elapsed: float) -> float:
@@ -338,19 +373,42 @@ def train_iter(
     bad_steps = 0
     stop_reason = "cancelled"
 
-    def evaluate() -> float:
-        score = validation_dice(model, validation, device, dtype)
-        set_train_mode()
-        return score
+    best_soft = -math.inf
+    best_loss = math.inf
 
-    def consider(score: float, at_step: int) -> bool:
-        """Keep the current weights if ``score`` beats the best; True if kept."""
-        nonlocal best_score, best_state, best_step
-        if math.isnan(score) or score <= best_score + (options.min_delta if best_score > -math.inf else 0):
+    def evaluate() -> tuple[float, float]:
+        scores = validation_scores(model, validation, device, dtype)
+        set_train_mode()
+        return scores
+
+    def consider(score: float, at_step: int, soft: float = -math.inf) -> bool:
+        """Keep the current weights if ``(score, soft)`` beats the best: a
+        higher score, or the same score with a clearly higher soft score (so
+        weights still learning a structure beat the first ones when the hard
+        Dice is stuck, e.g. at 0); True if kept."""
+        nonlocal best_score, best_state, best_step, best_soft
+        if math.isnan(score):
             return False
-        best_score = score
+        first = best_score == -math.inf
+        better = first or score > best_score + options.min_delta
+        tied = not first and abs(score - best_score) <= options.min_delta
+        if not (better or (tied and soft > best_soft + SOFT_DELTA)):
+            return False
+        best_score = max(score, best_score) if tied else score
+        best_soft = soft
         best_state = _snapshot(net)
         best_step = at_step
+        return True
+
+    def loss_still_falling() -> bool:
+        """Whether the smoothed training loss reached a clearly new low."""
+        nonlocal best_loss
+        if smooth_loss is not None and best_loss == math.inf:
+            best_loss = smooth_loss  # the first check sets the reference
+            return False
+        if smooth_loss is None or not smooth_loss < best_loss * (1 - LOSS_PROGRESS):
+            return False
+        best_loss = smooth_loss
         return True
 
     def call_checkpoint(event: TrainEvent) -> None:
@@ -365,14 +423,14 @@ def train_iter(
 
     try:
         if validation:
-            initial_val = evaluate()
+            initial_val, initial_soft = evaluate()
             if math.isnan(initial_val):
                 # no trusted pixel to score: fall back to the training loss
                 notes.append("the validation set has no trusted pixels; best weights chosen by training loss")
                 log.warning(notes[-1])
                 validation = None
                 initial_val = None
-            elif options.initial_is_candidate and consider(initial_val, step):
+            elif options.initial_is_candidate and consider(initial_val, step, initial_soft):
                 best_val = initial_val
         while True:
             elapsed = time.perf_counter() - start
@@ -385,8 +443,8 @@ def train_iter(
             if stop is not None and stop():
                 stop_reason = "cancelled"
                 if validation and history and history[-1].val_dice is None:
-                    val = evaluate()  # the last weights may be the best: give them a chance
-                    if consider(val, step):
+                    val, soft = evaluate()  # the last weights may be the best: give them a chance
+                    if consider(val, step, soft):
                         best_val = val
                 break
             lr = options.lr * _lr_factor(options, step, elapsed)
@@ -440,15 +498,20 @@ def train_iter(
                 options.max_seconds is not None and time.perf_counter() - start >= options.max_seconds
             )
             if step % options.val_every == 0 or last:
+                falling = loss_still_falling()
                 if validation:
-                    val = evaluate()
-                    improved = consider(val, step)
+                    val, soft = evaluate()
+                    improved = consider(val, step, soft)
                     if improved:
                         best_val = val
+                    # a round whose validation Dice is still 0 is not stopped
+                    # while it is visibly learning (the loss keeps falling)
+                    progress = improved or (falling and not best_val)
                 else:
                     # without validation, keep the weights with the lowest smoothed loss
                     improved = consider(-smooth_loss, step)
-                checks_without_gain = 0 if improved else checks_without_gain + 1
+                    progress = improved
+                checks_without_gain = 0 if progress else checks_without_gain + 1
             event = TrainEvent(
                 step=step,
                 max_steps=options.max_steps,

@@ -1,0 +1,313 @@
+"""The human-in-the-loop curve on real labelled tumour scans.
+
+The protocol of the real-scans issue, per case (volume as Z, Y, X):
+
+* split the slices at the median tumour-bearing slice: the *pool* below it
+  may be corrected, the slices from it on are *held out*;
+* round k corrects k pool slices (ground truth, whole slice trusted), spread
+  evenly and centred over the pool's tumour-bearing slices (k=1 takes the
+  middle one); where the pool has fewer tumour-bearing slices than k, the
+  tumour-free pool slices nearest to the tumour fill up;
+* ``fine-tuned``: the default fine-tuning round (the code the CLI runs:
+  :func:`napari_unet.core.finetune.finetune_iter` with default options and
+  the default budget, 60 s on a CPU) from the bundled model, on the whole
+  volume with a trust mask, as a user's session would;
+* ``scratch``: a MONAI ``BasicUNet`` (2D, default features) trained from
+  random weights on the same trusted slices, the same normalised input and
+  crops, cross-entropy + Dice, AdamW 1e-3, for the same seconds;
+* ``zero-shot`` (k=0): the bundled model as shipped;
+* score: 3D Dice of the tumour class over the held-out slices.
+
+Usage::
+
+    python benchmarks/bench_hitl_real.py                          # all cases, k = 0 1 3 10 (~25 min)
+    python benchmarks/bench_hitl_real.py --cases lung2 --ks 0 3 --no-scratch
+    python benchmarks/bench_hitl_real.py --json .cache/real.json --picture docs/images/hitl_real.png
+
+MONAI is needed only for the scratch anchor (``make bench`` installs it;
+``--no-scratch`` runs without). The scans are read from ``--data`` (default
+``../shared/data/real-tumours`` next to the project) and never copied.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real-tumours"
+CASES = ("brain1", "breast1", "lung2")
+TUMOUR = 1
+
+
+def load_case(data: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(image, labels, spacing) of one case, (Z, Y, X), labels 0/1."""
+    from napari_unet.io.formats import read_scan
+
+    image = read_scan(data / f"{name}_image.nii.gz")
+    labels = read_scan(data / f"{name}_label.nii.gz")
+    volume = np.asarray(image.data, dtype=np.float32)
+    truth = (np.asarray(labels.data) == TUMOUR).astype(np.int64)
+    if volume.shape != truth.shape:
+        raise SystemExit(f"{name}: image {volume.shape} and labels {truth.shape} differ")
+    return volume, truth, tuple(getattr(image.meta, "spacing", ()) or ())
+
+
+def split(truth: np.ndarray) -> tuple[int, list[int]]:
+    """(first held-out slice, tumour-bearing slices of the pool)."""
+    tumour = [int(z) for z in np.flatnonzero(truth.reshape(truth.shape[0], -1).any(axis=1))]
+    if not tumour:
+        raise SystemExit("a case without tumour cannot be benchmarked")
+    median = tumour[len(tumour) // 2]
+    return median, [z for z in tumour if z < median]
+
+
+def choose_slices(k: int, median: int, pool_tumour: list[int]) -> list[int]:
+    """k pool slices: spread evenly and centred over the pool's tumour-bearing
+    slices; then the tumour-free pool slices nearest to the tumour."""
+    if k <= len(pool_tumour):
+        n = len(pool_tumour)
+        return sorted({pool_tumour[int(round((i + 0.5) * n / k - 0.5))] for i in range(k)})
+    chosen = list(pool_tumour)
+    centre = float(np.mean(pool_tumour)) if pool_tumour else median - 1
+    rest = sorted((z for z in range(median) if z not in chosen), key=lambda z: (abs(z - centre), z))
+    chosen += rest[: k - len(chosen)]
+    return sorted(chosen)
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = pred == TUMOUR, truth == TUMOUR
+    denom = int(p.sum()) + int(t.sum())
+    return 2.0 * int((p & t).sum()) / denom if denom else float("nan")
+
+
+def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int) -> float:
+    """Tumour Dice over the held-out slices; normalised with the whole volume's
+    statistics, as when a user segments the whole scan."""
+    from napari_unet.core.normalize import intensity_ranges
+    from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
+
+    ranges = intensity_ranges(volume, model.config.input, False)
+    options = PredictOptions(device="cpu")
+    pred = run_to_end(predict_iter(volume[median:], model, options, intensity_ranges=ranges)).labels
+    return dice(pred, truth[median:])
+
+
+def train_scratch(volume, truth, mask, base, seconds: float, seed: int):
+    """A MONAI BasicUNet trained from scratch on the trusted slices; returns a
+    predictor for :func:`held_out_scratch`."""
+    import torch
+    from monai.networks.nets import BasicUNet
+
+    from napari_unet.core.augment import AugmentConfig
+    from napari_unet.core.finetune import CorrectionSampler, FinetuneOptions, prepare_corrections
+    from napari_unet.core.losses import masked_ce_dice_loss
+
+    options = FinetuneOptions(val_fraction=0.0)
+    corrections, _ = prepare_corrections(volume, truth, mask, base, options, seed, 1)
+    largest = max(max(c.plane.shape[1:]) for c in corrections)
+    crop = min(128, int(np.ceil(largest / 16) * 16))
+    sampler = CorrectionSampler(corrections, crop, AugmentConfig.light())
+    torch.manual_seed(seed)
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    net.train()
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < seconds:
+        x, y, m = sampler(rng, 4)
+        logits = net(torch.from_numpy(x))
+        loss = masked_ce_dice_loss(logits, torch.from_numpy(y), torch.from_numpy(m))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    net.eval()
+    return net, steps
+
+
+def held_out_scratch(net, base, volume, truth, median) -> float:
+    import torch
+
+    from napari_unet.core.normalize import intensity_ranges, normalize_slice
+    from napari_unet.core.predict import PredictOptions, PredictProgress, predict_planes
+
+    ranges = intensity_ranges(volume, base.config.input, False)
+    planes = (normalize_slice(p, ranges, 1, base.config.input) for p in volume[median:])
+
+    def predictor(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(batch))), dim=1).numpy()
+
+    pred = np.zeros(truth[median:].shape, np.uint8)
+    options = PredictOptions(tile=256, device="cpu")
+    for event in predict_planes(planes, len(pred), pred.shape[1:], predictor, 16, options):
+        if not isinstance(event, PredictProgress):
+            index, probs = event
+            pred[index] = probs.argmax(axis=0)
+    return dice(pred, truth[median:])
+
+
+def run_case(name: str, args, base) -> dict:
+    from napari_unet.core.finetune import finetune
+
+    volume, truth, spacing = load_case(args.data, name)
+    median, pool_tumour = split(truth)
+    print(
+        f"{name}: {volume.shape} spacing {spacing}; held out from slice {median} "
+        f"({int(truth[median:].sum())} tumour voxels); pool tumour slices {pool_tumour}",
+        file=sys.stderr,
+    )
+    rows = []
+    for k in args.ks:
+        row: dict = {"k": k}
+        if k == 0:
+            row["finetuned"] = held_out_dice(base, volume, truth, median)
+            row["scratch"] = None
+        else:
+            chosen = choose_slices(k, median, pool_tumour)
+            mask = np.zeros(truth.shape, bool)
+            mask[chosen] = True
+            start = time.perf_counter()
+            result = finetune(volume, truth, mask, base, max_seconds=args.seconds, device="cpu",
+                              seed=args.seed, return_result=True)
+            row.update(
+                slices=chosen,
+                seconds=round(time.perf_counter() - start, 1),
+                steps=result.steps,
+                stop=result.stop_reason,
+                val_before=result.val_dice_before,
+                val_after=result.val_dice_after,
+                finetuned=held_out_dice(result.model, volume, truth, median),
+            )
+            if args.save_models:
+                from napari_unet.core.weights import save_model
+
+                save_model(result.model, args.save_models / f"{name}-k{k}", overwrite=True)
+            if args.scratch:
+                net, steps = train_scratch(volume, truth, mask, base, row["seconds"], args.seed)
+                row["scratch"] = held_out_scratch(net, base, volume, truth, median)
+                row["scratch_steps"] = steps
+            else:
+                row["scratch"] = None
+        rows.append(row)
+        scratch = "" if row["scratch"] is None else f"  scratch {row['scratch']:.3f}"
+        extra = f" ({row['steps']} steps, {row['seconds']}s, {row['stop']})" if k else ""
+        print(f"  k={k:2d}: fine-tuned {row['finetuned']:.3f}{scratch}{extra}", file=sys.stderr)
+    return {"case": name, "shape": list(volume.shape), "held_out_from": median, "rows": rows}
+
+
+def table(results: list[dict], ks: list[int]) -> str:
+    lines = ["| case | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    means: dict[int, list[float]] = {k: [] for k in ks}
+    smeans: dict[int, list[float]] = {k: [] for k in ks}
+    for res in results:
+        cells = []
+        for row in res["rows"]:
+            cell = f"{row['finetuned']:.3f}"
+            means[row["k"]].append(row["finetuned"])
+            if row["scratch"] is not None:
+                cell += f" (scratch {row['scratch']:.3f})"
+                smeans[row["k"]].append(row["scratch"])
+            cells.append(cell)
+        lines.append(f"| {res['case']} | " + " | ".join(cells) + " |")
+    cells = []
+    for k in ks:
+        cell = f"**{np.nanmean(means[k]):.3f}**"
+        if smeans[k]:
+            cell += f" (scratch {np.nanmean(smeans[k]):.3f})"
+        cells.append(cell)
+    lines.append("| mean | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def picture(args, base, path: Path) -> None:
+    """A held-out slice of each case: image, truth, zero-shot, fine-tuned (k=3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from napari_unet.core.normalize import intensity_ranges, normalize_slice
+    from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
+    from napari_unet.core.weights import load_model
+
+    fig, axes = plt.subplots(len(args.cases), 3, figsize=(9, 3 * len(args.cases)), dpi=100, squeeze=False)
+    for row, name in zip(axes, args.cases):
+        volume, truth, _ = load_case(args.data, name)
+        median, _ = split(truth)
+        tumour = np.flatnonzero(truth[median:].reshape(len(truth) - median, -1).any(axis=1))
+        z = median + int(tumour[len(tumour) // 2])
+        ranges = intensity_ranges(volume, base.config.input, False)
+        shown = normalize_slice(volume[z], ranges, 1, base.config.input)[0]
+        tuned_dir = args.save_models / f"{name}-k3" if args.save_models else None
+        models = [("zero-shot", base)]
+        if tuned_dir is not None and tuned_dir.exists():
+            models.append(("fine-tuned, k=3", load_model(tuned_dir, "cpu")))
+        row[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
+        row[0].contour(truth[z], levels=[0.5], colors="lime", linewidths=0.8)
+        row[0].set_title(f"{name} slice {z}: truth", fontsize=8)
+        for ax, (title, model) in zip(row[1:], models):
+            opts = PredictOptions(device="cpu")
+            pred = run_to_end(predict_iter(volume[z], model, opts, intensity_ranges=ranges)).labels
+            ax.imshow(shown, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.ma.masked_where(pred != TUMOUR, pred), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+            ax.contour(truth[z], levels=[0.5], colors="lime", linewidths=0.8)
+            ax.set_title(f"{title}: Dice {dice(pred, truth[z]):.2f}", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of NAME_image/NAME_label.nii.gz")
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3, 10])
+    parser.add_argument("--seconds", type=float, default=None, help="budget per round (default: the library's)")
+    parser.add_argument("--model", default=None, help="model to start from (default: the bundled model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="skip the MONAI anchor")
+    parser.add_argument("--save-models", type=Path, default=None, help="keep the fine-tuned models here")
+    parser.add_argument("--picture", type=Path, default=None, help="write a before/after picture (k=3)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"no real scans at {args.data} (pass --data DIR)", file=sys.stderr)
+        return 2
+    import torch
+
+    from napari_unet.core.finetune import CPU_SECONDS
+    from napari_unet.core.weights import load_model
+
+    args.seconds = args.seconds or CPU_SECONDS
+    if args.picture and args.save_models is None:
+        args.save_models = ROOT / ".cache" / "bench_hitl_real_models"
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # first-use import cost, not timed
+    base = load_model(args.model, "cpu")
+    print(f"model {base.config.name}; budget {args.seconds:g} s; torch threads {torch.get_num_threads()}",
+          file=sys.stderr)
+    results = [run_case(name, args, base) for name in args.cases]
+    print(table(results, args.ks))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": base.config.name, "seconds": args.seconds, "cases": results}
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    if args.picture:
+        picture(args, base, args.picture)
+        print(f"wrote {args.picture}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
