@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import normalize as _normalize
 from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
 from .model import fuse_batchnorm
-from . import normalize as _normalize
 from .normalize import normalize_slice
 from .tiling import blend_weights, tile_grid, tile_size_for
 
