@@ -261,3 +261,26 @@ def test_real_thread_keeps_the_event_loop_running(scene, qtbot, monkeypatch):
     trusted = tracker_for(labels).trusted_mask()
     np.testing.assert_array_equal(labels.data[trusted], corrected[trusted])
     print(f"longest event-loop gap during fine-tuning: {max(gaps[1:])} ms")
+
+
+@pytest.mark.parametrize("with_labels_layer", [False, True])
+def test_every_field_has_its_label(make_napari_viewer, blob_image, store_dir, sync, with_labels_layer):
+    """With or without a Labels layer when the widget is made, every field is named
+    (``self.labels`` used to overwrite magicgui's show-the-labels flag with a combo box,
+    falsy while it had no choices)."""
+    from qtpy.QtWidgets import QLabel
+
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image, name="scan")
+    if with_labels_layer:
+        viewer.add_labels(np.zeros(blob_image.shape, np.uint8), name="scan segmentation")
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    assert widget.labels is True
+    texts = {label.text() for label in widget.native.findChildren(QLabel)}
+    for name in ("image", "corrected labels", "start from", "time budget (s)", "learning rate", "versions"):
+        assert name in texts, f"field '{name}' has no label: {sorted(texts)}"
+    for name in ("max steps (0 = budget)", "device", "seed"):  # the advanced fields too
+        assert name in texts, f"field '{name}' has no label"

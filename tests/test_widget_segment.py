@@ -180,3 +180,17 @@ def test_docked_as_a_plugin(make_napari_viewer, qtbot, tiny_model_dir, blob_imag
     labels.paint((3, 3), 2)
     tracker = tracker_for(labels, create=False)
     assert tracker is not None and tracker.edited_mask().sum() > 0
+
+
+def test_inline_run_leaves_the_widget_idle(widget, blob_image, monkeypatch):
+    """With NAPARI_UNET_SYNC the job runs inside segment(); afterwards nothing is 'running'."""
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")
+    viewer, w = widget
+    viewer.add_image(blob_image, name="scan")
+    w.reset_choices()
+    w.zoom.value = 0.75
+    assert w.segment() is not None
+    assert w._worker is None and w.segment_button.enabled and not w.cancel_button.enabled
+    labels = viewer.layers["scan segmentation"]
+    assert labels.metadata["napari_unet"]["zoom"] == 0.75
+    assert labels.metadata["napari_unet"]["role"] == "segmentation"

@@ -13,6 +13,7 @@ script that runs without napari's exception hook).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -57,10 +58,11 @@ def synchronous() -> bool:
     return os.environ.get("NAPARI_UNET_SYNC", "") not in ("", "0", "false")
 
 
-# torch imports parts of itself lazily (the first optimiser, the first
-# forward pass); two worker threads doing that at once can see a half-imported
-# module ("'_OpNamespace' 'prims' object has no attribute 'sum'"). Workers
-# take this lock around their imports and model loading.
+# torch imports large parts of itself lazily (torch._dynamo on the first
+# optimiser, for one) and its modules import each other circularly; Python's
+# import deadlock detection can then hand one of two importing threads a
+# half-initialised module. Workers take this lock around their imports and
+# model loading so that they never import torch at the same time.
 _IMPORT_LOCK = threading.RLock()
 
 
@@ -126,6 +128,32 @@ def _relay_warning(args: tuple) -> None:
 
 
 # ------------------------------------------------------------------- workers
+class _RaisedInWorker(Exception):
+    """Carries a worker's exception past superqt's worker loop, which takes any
+    ``RuntimeError`` for a deleted Qt object and then ends the thread without
+    emitting ``errored`` or ``finished`` (torch's errors, out-of-memory
+    included, are RuntimeErrors)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _carrying_errors(generator_function: Callable[..., Generator]) -> Callable[..., Generator]:
+    @functools.wraps(generator_function)
+    def run(*args: Any, **kwargs: Any) -> Generator:
+        try:
+            return (yield from generator_function(*args, **kwargs))
+        except RuntimeError as exc:
+            raise _RaisedInWorker(exc) from exc
+
+    return run
+
+
+def _original(exc: BaseException) -> BaseException:
+    return exc.original if isinstance(exc, _RaisedInWorker) else exc
+
+
 class _SyncWorker:
     """The part of a GeneratorWorker's interface the widgets use, run inline."""
 
@@ -179,15 +207,18 @@ def run_generator(
                 on_finish()
         return worker
 
-    from superqt.utils import create_worker
+    from superqt.utils import GeneratorWorker, create_worker
 
     # _ignore_errors: errors go to handle_error only, never re-raised into Qt
-    worker = create_worker(generator_function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    worker = create_worker(
+        _carrying_errors(generator_function), *args,
+        _start_thread=False, _ignore_errors=True, _worker_class=GeneratorWorker, **kwargs,
+    )
     if on_yield:
         worker.yielded.connect(on_yield)
     if on_return:
         worker.returned.connect(on_return)
-    worker.errored.connect(handle_error)
+    worker.errored.connect(lambda exc: handle_error(_original(exc)))
     worker.warned.connect(_relay_warning)
     if on_finish:
         worker.finished.connect(on_finish)

@@ -203,13 +203,18 @@ class FinetuneWidget(VersionsMixin, Container):
 
     def _on_selection_changed(self) -> None:
         """Refresh both lists; follow the shared choice unless starting from the layer's model."""
+        follow = self.model.value != LAYER_MODEL
+        listed = self.versions.value
         self._syncing = True
         try:
+            # a relabelled entry (the "current" mark moved) is re-added, and its combo box
+            # may jump to another one: set both values again after refreshing
             self.model.reset_choices()
             source = self._selection.source
-            if self.model.value != LAYER_MODEL and source is not None:
-                self.model.value = source
+            self.model.value = source if follow and source is not None else LAYER_MODEL
             self.versions.reset_choices()
+            if listed in self.versions.choices:
+                self.versions.value = listed
         finally:
             self._syncing = False
 

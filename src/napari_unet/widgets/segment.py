@@ -239,12 +239,14 @@ class SegmentWidget(Container):
         self._job: dict[str, Any] = {
             "outcome": None, "layer": layer, "plane": plane, "spatial": spatial, "chunked": chunked, "zoom": zoom,
         }
-        self._worker = run_generator(
+        worker = run_generator(
             segment_job, data, layer.rgb, source, self.device.value, plane, self._tile, out, zoom,
             on_yield=self._on_progress, on_return=self._on_result,
             on_error=self._on_error, on_finish=self._on_finish,
         )
-        return self._worker
+        if not self._job.get("finished"):  # still running in its thread (not run inline)
+            self._worker = worker
+        return worker
 
     def cancel(self, *_: Any) -> None:
         if self._worker is not None:
@@ -275,6 +277,7 @@ class SegmentWidget(Container):
             show_error(f"Segmentation failed: {failure.message} ({failure.hint}).")
 
     def _on_finish(self) -> None:
+        self._job["finished"] = True
         if self._job.get("outcome") is None:
             self.status.value = "cancelled: nothing was changed"
         self._set_running(False)

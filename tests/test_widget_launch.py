@@ -1,0 +1,59 @@
+"""`napari-unet view` (widgets/launch.py) and the Plugins menu, in a real napari window."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _plugin_submenu(viewer):
+    for action in viewer.window.plugins_menu.actions():
+        if action.menu() is not None and "Segment" in action.text():
+            return action
+    raise AssertionError("the plugin's submenu is not in the Plugins menu")
+
+
+def _action(submenu, text):
+    for action in submenu.menu().actions():
+        if action.text() == text:
+            return action
+    raise AssertionError(f"no '{text}' in {[a.text() for a in submenu.menu().actions()]}")
+
+
+@pytest.fixture
+def launched(make_napari_viewer, qtbot, monkeypatch):
+    from napari_unet.widgets.launch import open_viewer
+
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")  # no warm-up thread outliving the test
+    viewer = make_napari_viewer()
+    open_viewer(sample="lesion_scan", viewer=viewer)
+    return viewer
+
+
+def test_menu_title_shows_the_display_name_without_a_mnemonic(launched):
+    submenu = _plugin_submenu(launched)
+    # Qt reads a single '&' as a shortcut marker: 'Segment & Fine-tune' showed 'Segment _Fine-tune'
+    assert "&" not in submenu.text()
+    assert submenu.text() == "U-Net Segment and Fine-tune"
+
+
+@pytest.mark.parametrize("name", ["Segment", "Fine-tune"])
+def test_plugins_menu_reuses_the_docked_widget(launched, name):
+    viewer = launched
+    docked = dict(viewer.window.dock_widgets)
+    assert len(docked) == 2
+    (key,) = [k for k in docked if k.startswith(f"{name} (")]
+    widget = docked[key]
+    action = _action(_plugin_submenu(viewer), name)
+    for _ in range(2):  # napari's menu item toggles the docked widget: hide, show again
+        action.trigger()  # as choosing Plugins > U-Net Segment and Fine-tune > name does
+        assert len(viewer.window.dock_widgets) == 2, list(viewer.window.dock_widgets)
+        assert viewer.window.dock_widgets[key] is widget
+
+
+def test_docking_again_returns_the_same_widget(launched):
+    from napari_unet.widgets.launch import dock_plugin_widget
+
+    first = launched.window.dock_widgets
+    again = dock_plugin_widget(launched, "Segment")
+    assert len(launched.window.dock_widgets) == 2
+    assert again is next(w for k, w in first.items() if k.startswith("Segment ("))
