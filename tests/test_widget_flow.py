@@ -112,6 +112,11 @@ def test_finetuned_version_is_the_model_both_widgets_use(docked, sync, make_napa
     labels = _combo_labels(segment.model)
     assert len(labels) == len(set(labels))  # two versions of one model stay two entries
     assert any(text.startswith("v0001") for text in labels) and any(text.startswith("v0002") for text in labels)
+    # in order: bundled, versions oldest first, and "a folder" stays last
+    assert labels[-1] == FOLDER_CHOICE
+    assert [t[:5] for t in labels if t.startswith("v0")] == ["v0001", "v0002"]
+    assert "current" in _label_of(segment.model, str(second.path))
+    assert tune.versions.value == second.id  # the version list shows the one in use
     assert any(text.startswith("v0002") for text in _combo_labels(tune.model))
 
     # one choice: picking a model to start from in Fine-tune changes Segment's, and back

@@ -38,6 +38,7 @@ __all__ = [
     "heavy_imports",
     "labels_digest",
     "model_selection",
+    "rebuild_choices",
     "run_generator",
     "show_error",
     "show_info",
@@ -307,6 +308,19 @@ def version_label(version: Any, current: bool = False) -> str:
     """``v0002: liver CT (yours, current)``: the id always, the name when it differs."""
     label = version.id if version.name in ("", version.id) else f"{version.id}: {version.name}"
     return f"{label} (yours{', current' if current else ''})"
+
+
+def rebuild_choices(combo: Any, choices: Callable[..., list], value: Any) -> None:
+    """Fill ``combo`` from ``choices`` again, in their order, and select ``value`` if listed.
+
+    magicgui's ``reset_choices`` appends new and relabelled entries at the end
+    (a new version would land below "model folder below…") and may jump to
+    another entry when the selected one is relabelled.
+    """
+    combo.choices = ()
+    combo.choices = choices
+    if value in combo.choices:
+        combo.value = value
 
 
 _SELECTIONS: weakref.WeakKeyDictionary[Any, ModelSelection] = weakref.WeakKeyDictionary()

@@ -40,6 +40,7 @@ from ._common import (
     check_image_layer,
     describe_failure,
     model_selection,
+    rebuild_choices,
     run_generator,
     show_error,
     show_info,
@@ -204,19 +205,20 @@ class FinetuneWidget(VersionsMixin, Container):
     def _on_selection_changed(self) -> None:
         """Refresh both lists; follow the shared choice unless starting from the layer's model."""
         follow = self.model.value != LAYER_MODEL
-        listed = self.versions.value
+        source = self._selection.source
         self._syncing = True
         try:
-            # a relabelled entry (the "current" mark moved) is re-added, and its combo box
-            # may jump to another one: set both values again after refreshing
-            self.model.reset_choices()
-            source = self._selection.source
-            self.model.value = source if follow and source is not None else LAYER_MODEL
-            self.versions.reset_choices()
-            if listed in self.versions.choices:
-                self.versions.value = listed
+            rebuild_choices(self.model, self._model_choices, source if follow and source is not None else LAYER_MODEL)
+            rebuild_choices(self.versions, self._version_choices, self._version_id_of(source) or self.versions.value)
         finally:
             self._syncing = False
+
+    def _version_id_of(self, source: str | None) -> str | None:
+        """The id of the saved version whose folder is ``source`` (None if it is none)."""
+        try:
+            return next((v.id for v in self.store.list_versions() if str(v.path) == source), None)
+        except Exception:  # noqa: BLE001 - a broken store must not break the widget
+            return None
 
     def _attach(self, layer: Any, chosen: bool = False) -> None:
         """Track corrections on a segmentation result layer (or the one chosen here)

@@ -37,6 +37,7 @@ from ._common import (
     labels_colormap,
     labels_digest,
     model_selection,
+    rebuild_choices,
     run_generator,
     show_error,
     show_info,
@@ -199,9 +200,7 @@ class SegmentWidget(Container):
         keep_folder = self.model.value == FOLDER_CHOICE and source == self._synced_source
         self._syncing = True
         try:
-            self.model.reset_choices()
-            if source is not None and not keep_folder:
-                self.model.value = source
+            rebuild_choices(self.model, self._model_choices, FOLDER_CHOICE if keep_folder else source)
         finally:
             self._syncing = False
         self._synced_source = source
