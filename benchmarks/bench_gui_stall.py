@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.image.value = image_layer
-    widget.labels.value = labels
+    widget.labels_layer.value = labels
     labels.brush_size = args.size // 4
     labels.paint((args.size // 2, args.size // 3), 1)
     widget.budget.value = args.seconds

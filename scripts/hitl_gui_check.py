@@ -67,7 +67,7 @@ def main() -> None:
         result.data_setitem((np.full(ys.shape, z), ys, xs), truth[z][ys, xs])
         tracker.set_reviewed(z)
     tune.reset_choices()
-    tune.image.value, tune.labels.value = viewer.layers["gravel-thick"], result
+    tune.image.value, tune.labels_layer.value = viewer.layers["gravel-thick"], result
     print("trusted:", tracker.summary())
     tune.finetune()
     wait(tune, app)

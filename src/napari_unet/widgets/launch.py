@@ -38,7 +38,14 @@ def open_viewer(file: str | None = None, sample: str = "retina", viewer=None):
     if viewer is None:
         viewer = napari.Viewer(title="napari-unet")
     if file:
-        viewer.open(file, plugin=None)
+        from napari_unet._napari_io import can_read, open_in_viewer
+
+        # our formats with our reader (napari's builtins claim them too, and a
+        # plain open would stop with MultipleReaderError); the rest as napari reads them
+        if can_read(file):
+            open_in_viewer(viewer, file)
+        else:
+            viewer.open(file)
     else:
         viewer.open_sample(PLUGIN, sample)
     dock_plugin_widget(viewer, "Segment")
