@@ -148,4 +148,6 @@ def run(args: argparse.Namespace) -> int:
             f"validation Dice {before} -> {after}",
             file=sys.stderr,
         )
+    for note in result.notes:
+        print(f"napari-unet finetune: warning: {note}", file=sys.stderr)
     return 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Generator
@@ -49,6 +50,7 @@ from .normalize import intensity_ranges, normalize_slice
 from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
 from .weights import SegmentationModel
 
+log = logging.getLogger(__name__)
 #: Default time budgets in seconds.
 CPU_SECONDS = 60.0
 GPU_SECONDS = 20.0
@@ -85,6 +87,12 @@ class FinetuneOptions:
     dice_weight: float = 1.0
     precision: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig.light)
+    #: share of crops centred on a foreground pixel (over all corrections)
+    foreground_crops: float = 0.5
+    #: share of crops centred on a training pixel the network gets wrong
+    error_crops: float = 0.25
+    #: how often (in batches) the wrong pixels are recomputed
+    error_refresh: int = 25
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 0.9:
@@ -176,6 +184,21 @@ class FinetuneResult:
     validation_pixels: int = 0
     replay_slices: int = 0
     train: TrainResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressed(self) -> bool:
+        """Whether the new model scores lower than its base on the held-back
+        trusted pixels (a user should hear about it before using it)."""
+        return (
+            self.val_dice_before is not None
+            and self.val_dice_after is not None
+            and self.val_dice_after < self.val_dice_before - REGRESSION_TOLERANCE
+        )
+
+
+#: A validation Dice this much below the base's counts as a regression.
+REGRESSION_TOLERANCE = 1e-3
 
 
 # ------------------------------------------------------------- preparation
@@ -354,7 +377,14 @@ class CorrectionSampler:
     """
 
     def __init__(
-        self, entries: list[Correction], crop: int, augment: AugmentConfig, foreground: float = 0.5
+        self,
+        entries: list[Correction],
+        crop: int,
+        augment: AugmentConfig,
+        foreground: float = 0.5,
+        errors: float = 0.0,
+        net: torch.nn.Module | None = None,
+        refresh_every: int = 25,
     ) -> None:
         self.entries = [e for e in entries if len(e.train_coords)]
         if not self.entries:
@@ -372,8 +402,50 @@ class CorrectionSampler:
                     self.by_class.setdefault(cls, ([], []))[0].append(i)
                     self.by_class[cls][1].append(np.sqrt(len(members)))
         self.by_class = {c: (ids, np.asarray(w) / np.sum(w)) for c, (ids, w) in self.by_class.items()}
+        # hard examples: a share ``errors`` of the crops is centred on training
+        # pixels the network currently gets wrong (refreshed every
+        # ``refresh_every`` batches), so a structure it confuses with a lesion
+        # elsewhere on the corrected slices (bright scalp, an organ's edge) is
+        # seen as often as the lesion itself
+        self.errors = errors if net is not None else 0.0
+        self.net = net
+        self.refresh_every = max(1, refresh_every)
+        self.calls = 0
+        self.error_coords: list[np.ndarray] = []
+        self.error_weights: np.ndarray | None = None
+
+    def refresh_errors(self) -> None:
+        """Predict every correction's whole plane and keep its wrong training pixels."""
+        net = self.net
+        modes = [m.training for m in net.modules()]
+        device = next(net.parameters()).device
+        net.eval()
+        coords, weights = [], []
+        try:
+            with torch.inference_mode():
+                for entry in self.entries:
+                    _, h, w = entry.plane.shape
+                    divisor = net.config.divisor if hasattr(net, "config") else 16
+                    ph, pw = -h % divisor, -w % divisor
+                    x = np.pad(entry.plane, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw)
+                               else "edge")
+                    logits = net(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))
+                    pred = logits[0, :, :h, :w].argmax(0).cpu().numpy()
+                    wrong = np.flatnonzero(pred[tuple(entry.train_coords.T)] != entry.labels[tuple(entry.train_coords.T)])
+                    coords.append(wrong)
+                    weights.append(np.sqrt(len(wrong)))
+        finally:
+            for m, mode in zip(net.modules(), modes):
+                m.training = mode
+        total = float(np.sum(weights))
+        self.error_coords = coords
+        self.error_weights = np.asarray(weights) / total if total > 0 else None
 
     def _centre(self, rng: np.random.Generator) -> tuple[Correction, int]:
+        if self.error_weights is not None and rng.random() < self.errors:
+            i = int(rng.choice(len(self.entries), p=self.error_weights))
+            wrong = self.error_coords[i]
+            return self.entries[i], int(wrong[rng.integers(len(wrong))])
         if self.by_class and rng.random() < self.foreground:
             classes = sorted(self.by_class)
             cls = classes[int(rng.integers(len(classes)))]
@@ -385,6 +457,9 @@ class CorrectionSampler:
         return entry, int(rng.integers(len(entry.train_coords)))
 
     def __call__(self, rng: np.random.Generator, n: int) -> Batch:
+        if self.errors and self.calls % self.refresh_every == 0:
+            self.refresh_errors()
+        self.calls += 1
         xs, ys, ms = [], [], []
         for _ in range(n):
             entry, index = self._centre(rng)
@@ -570,7 +645,10 @@ def finetune_iter(
 
     largest = max(max(e.plane.shape[1:]) for e in entries)
     crop = min(_round_up(options.crop_size, arch.divisor), _round_up(largest, arch.divisor))
-    sampler = CorrectionSampler(entries, crop, options.augment)
+    sampler = CorrectionSampler(
+        entries, crop, options.augment, foreground=options.foreground_crops,
+        errors=options.error_crops, net=new.net, refresh_every=options.error_refresh,
+    )
     validation = validation_batches(entries, arch.divisor, options.max_val_blocks)
     validation_pixels = int(sum(b[2].sum() for b in validation))
 
@@ -626,7 +704,7 @@ def finetune_iter(
     name = base.config.name if base.config.name.endswith("-finetuned") else f"{base.config.name}-finetuned"
     new.config = new.config.replace(name=name, provenance=provenance)
     new.source = "finetune"
-    return FinetuneResult(
+    finished = FinetuneResult(
         model=new,
         val_dice_before=result.initial_val_dice,
         val_dice_after=result.best_val_dice,
@@ -639,7 +717,17 @@ def finetune_iter(
         validation_pixels=validation_pixels,
         replay_slices=len(entries),
         train=result,
+        notes=list(result.notes),
     )
+    if finished.regressed:
+        finished.notes.append(
+            f"the new model scores lower than its base on the held-back trusted pixels "
+            f"(validation Dice {result.initial_val_dice:.3f} -> {result.best_val_dice:.3f}); "
+            "keep the base model, or correct more slices and fine-tune again"
+        )
+        log.warning(finished.notes[-1])
+        provenance["regressed"] = True
+    return finished
 
 
 def _round_or_none(value: float | None) -> float | None:

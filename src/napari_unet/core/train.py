@@ -268,9 +268,9 @@ def validation_dice(
     return validation_scores(model, validation, device, dtype)[0]
 
 
-#: A soft-Dice gain smaller than this does not count as progress while the
-#: hard Dice is unchanged.
-SOFT_DELTA = 2e-3
+#: A relative soft-Dice gain smaller than this does not count as progress
+#: while the hard Dice is unchanged.
+SOFT_GAIN = 0.02
 #: While validation Dice is still 0, a smoothed training loss this much below
 #: its best (relative) counts as progress for the early stop.
 LOSS_PROGRESS = 0.02
@@ -392,7 +392,7 @@ def train_iter(
         first = best_score == -math.inf
         better = first or score > best_score + options.min_delta
         tied = not first and abs(score - best_score) <= options.min_delta
-        if not (better or (tied and soft > best_soft + SOFT_DELTA)):
+        if not (better or (tied and soft > best_soft + max(SOFT_GAIN * abs(best_soft), 1e-12))):
             return False
         best_score = max(score, best_score) if tied else score
         best_soft = soft
