@@ -46,6 +46,7 @@ import torch
 from .augment import AugmentConfig, augment_sample
 from .config import ClassInfo
 from .device import resolve_device
+from .model import to_instance_norm
 from .normalize import intensity_ranges, normalize_slice
 from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
 from .weights import SegmentationModel
@@ -93,6 +94,10 @@ class FinetuneOptions:
     error_crops: float = 0.25
     #: how often (in batches) the wrong pixels are recomputed
     error_refresh: int = 25
+    #: fine-tune a batch-norm model as an instance-norm copy (same weights,
+    #: :func:`~napari_unet.core.model.to_instance_norm`): on real MRI and CT
+    #: its held-out Dice after a round is several times higher
+    instance_norm: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 0.9:
@@ -627,6 +632,10 @@ def finetune_iter(
     extra = _check_classes(trusted_values, base, add_classes)
 
     new = copy_model(base)
+    converted = options.instance_norm and new.config.architecture.norm == "batch"
+    if converted:
+        net = to_instance_norm(new.net)
+        new = SegmentationModel(config=new.config.replace(architecture=net.config), net=net, source=new.source)
     if extra:
         _grow_classes(new, extra)
     round_index = replay.rounds + 1
@@ -674,6 +683,11 @@ def finetune_iter(
         initial_is_candidate=False,
     )
     result = yield from train_iter(new, sampler, validation or None, train_options, stop=stop)
+    if converted and validation and result.initial_val_dice is not None:
+        # the round started from an instance-norm copy: "before" is the base as it was
+        from .train import validation_dice
+
+        result.initial_val_dice = validation_dice(base, validation, "cpu") if not extra else result.initial_val_dice
     new.net.to("cpu")
     seconds = time.perf_counter() - start
 

@@ -175,3 +175,26 @@ def conv_flops(config: UNetConfig, height: int, width: int) -> float:
         flops += 2 * 9 * (2 * skip * skip + skip * skip) * p
     flops += 2 * widths[0] * config.num_classes * pixels
     return flops
+
+
+def to_instance_norm(net: UNet) -> UNet:
+    """A copy of a batch-norm ``net`` whose norms are instance norms that keep
+    the learned scale and shift (the convolutions are unchanged).
+
+    Batch norm with statistics frozen from training data normalises every
+    image alike; instance norm normalises each image (each tile) by its own
+    feature statistics, which carries a model across the slice-to-slice and
+    scan-to-scan intensity changes of real MRI and CT far better when it
+    learns from a few corrected slices (measured in docs/finetune.md).
+    """
+    from dataclasses import replace
+
+    if net.config.norm != "batch":
+        raise ValueError(f"only a batch-norm U-Net can be converted, this one uses {net.config.norm!r}")
+    new = UNet(replace(net.config, norm="instance"))
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith(("running_mean", "running_var",
+                                                                           "num_batches_tracked"))}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if missing or unexpected:  # pragma: no cover - the two layouts are the same by construction
+        raise RuntimeError(f"norm conversion mismatch: missing {missing}, unexpected {unexpected}")
+    return new.to(next(net.parameters()).device)
