@@ -195,3 +195,32 @@ def test_real_ct_and_mri_get_their_modality_and_a_round_learns_on_real_ct():
     before, after = tumour_probability(base), tumour_probability(result.model)
     print(f'tumour probability {before:.3f} -> {after:.3f}')
     assert after > before + 0.2
+
+
+def test_instance_norm_copy_keeps_every_learned_weight(tiny_model):
+    from napari_unet.core.model import to_instance_norm
+
+    converted = to_instance_norm(tiny_model.net)
+    assert converted.config.norm == "instance" and tiny_model.net.config.norm == "batch"
+    old = {k: v for k, v in tiny_model.net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    new = converted.state_dict()
+    assert set(old) == set(new)
+    for key, value in old.items():
+        assert torch.equal(value, new[key]), key
+    with pytest.raises(ValueError, match="batch-norm"):
+        to_instance_norm(converted)
+
+
+def test_a_round_returns_an_instance_norm_model_that_saves_and_loads(small_model, tmp_path):
+    from napari_unet.core.weights import load_model, save_model
+
+    volume, labels = ct_volume(seed=4, slices=2, size=64)
+    result = finetune(volume, labels, None, small_model, steps=5, device="cpu",
+                      options=FinetuneOptions(crop_size=32), return_result=True)
+    assert small_model.config.architecture.norm == "batch"  # the base is left as it was
+    assert result.model.config.architecture.norm == "instance"
+    folder = save_model(result.model, tmp_path / "mine")
+    again = load_model(folder, "cpu")
+    a = predict(volume[0], result.model, device="cpu", return_probabilities=True).probabilities
+    b = predict(volume[0], again, device="cpu", return_probabilities=True).probabilities
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -47,7 +47,9 @@ def test_ct_in_hounsfield_units_gets_the_soft_tissue_window():
     volume, _ = ct_volume()
     norm = resolve_normalization(volume, InputConfig(), rgb=False)
     assert norm.kind == "ct"
-    np.testing.assert_allclose(norm.ranges, [DEFAULT_CT_WINDOW])
+    np.testing.assert_allclose(norm.ranges[:, :2], [DEFAULT_CT_WINDOW])
+    x = normalize_slice(volume[0], norm.ranges, 1, InputConfig())[0]
+    assert x.min() == 0.0 and x.max() == 2.0  # air is black, not below; bone bounded
     assert "HU" in norm.describe()
 
 

@@ -28,6 +28,10 @@ CT_AIR_BELOW = -500.0
 CT_TOP_BELOW = 3500.0
 #: ... and nothing lies below this (padding values go down to -3024).
 CT_FLOOR = -4000.0
+#: Bounds of the normalised input (0..1 is the range; outliers kept up to these).
+CLIP = (-1.0, 2.0)
+#: The same for a CT window: nothing below black.
+CT_CLIP = (0.0, 2.0)
 #: A grey scan has a dark surround (``body`` mode) when at least this share of
 #: its voxels lies in the bottom ``DARK_LEVEL`` of its percentile range.
 DARK_SHARE = 0.15
@@ -37,14 +41,15 @@ DARK_LEVEL = 0.1
 @dataclass(frozen=True)
 class Normalization:
     """How one image is mapped to network input: ``ranges`` (C, 2) holds the
-    low/high intensity of every channel (mapped to 0/1); ``kind`` is the mode
+    low/high intensity of every channel (mapped to 0/1), or (C, 4) with the
+    clip bounds of the mapped values after them (CT); ``kind`` is the mode
     chosen (``ct``, ``body`` or ``percentile``)."""
 
     kind: str
     ranges: np.ndarray
 
     def describe(self) -> str:
-        lo, hi = (float(v) for v in self.ranges[0])
+        lo, hi = (float(v) for v in self.ranges[0, :2])
         if self.kind == "ct":
             return f"CT window {lo:g}..{hi:g} HU"
         if self.kind == "body":
@@ -104,7 +109,9 @@ def resolve_normalization(array, input_config: InputConfig, rgb: bool) -> Normal
             if np.mean(sample[:, 0] <= lo + DARK_LEVEL * (hi - lo)) >= DARK_SHARE:
                 mode = "body"
     if mode == "ct":
-        window = np.array(input_config.ct_window, np.float32)
+        # windowed as a radiologist reads it: air and lungs black (0), not
+        # below; dense bone and contrast up to 2 (brighter than the window)
+        window = np.array([*input_config.ct_window, CT_CLIP[0], CT_CLIP[1]], np.float32)
         return Normalization("ct", np.tile(window, (sample.shape[1], 1)))
     out = np.empty((sample.shape[1], 2), dtype=np.float32)
     for c in range(sample.shape[1]):
@@ -119,7 +126,7 @@ def resolve_normalization(array, input_config: InputConfig, rgb: bool) -> Normal
 
 
 def intensity_ranges(array, input_config: InputConfig, rgb: bool) -> np.ndarray:
-    """Low/high intensity per channel, shape (C, 2), of the normalisation that
+    """Low/high intensity per channel, shape (C, 2) (or (C, 4) with clip bounds), of the normalisation that
     ``input_config`` chooses for this image (:func:`resolve_normalization`)."""
     return resolve_normalization(array, input_config, rgb).ranges
 
@@ -141,8 +148,10 @@ def normalize_slice(
     hi = ranges[:, 1, None, None]
     data = (data - lo) / (hi - lo)
     np.nan_to_num(data, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-    # keep outliers (a bright lesion beyond the 99.5th percentile) but bound them
-    np.clip(data, -1.0, 2.0, out=data)
+    # keep outliers (a bright lesion beyond the 99.5th percentile) but bound
+    # them; a CT window (columns 2-3 of ``ranges``) clips air to 0
+    low, high = (float(ranges[0, 2]), float(ranges[0, 3])) if ranges.shape[1] >= 4 else CLIP
+    np.clip(data, low, high, out=data)
     have = data.shape[0]
     if have == model_channels:
         return data
