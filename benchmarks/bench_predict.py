@@ -96,10 +96,10 @@ def main() -> None:
         print("MONAI not installed: skipped the comparison (pip install monai)")
         return
     plain = model.net.eval()
-    from napari_unet.core.normalize import normalize_slice, percentile_range
+    from napari_unet.core.normalize import intensity_ranges, normalize_slice
 
     def monai_path():
-        ranges = percentile_range(image, config.input, False)
+        ranges = intensity_ranges(image, config.input, False)
         x = torch.from_numpy(normalize_slice(image, ranges, 1, config.input))[None]
         with torch.inference_mode():
             logits = sliding_window_inference(x, (512, 512), 4, plain, overlap=0.125, mode="gaussian")
@@ -112,7 +112,7 @@ def main() -> None:
     big_ours = best_time(lambda: predict(x, model, **options), 1)
 
     def monai_big():
-        ranges = percentile_range(x, config.input, False)
+        ranges = intensity_ranges(x, config.input, False)
         t = torch.from_numpy(normalize_slice(x, ranges, 1, config.input))[None]
         with torch.inference_mode():
             return sliding_window_inference(t, (512, 512), 4, plain, overlap=0.125, mode="gaussian").argmax(1)

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from napari_unet.core.config import ModelConfig
-    from napari_unet.core.normalize import percentile_range
+    from napari_unet.core.normalize import intensity_ranges
     from napari_unet.core.predict import PredictOptions, PredictProgress, predict_iter
     from napari_unet.core.weights import new_model
     from napari_unet.io import labels_output, read_scan
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"rss after loading torch and the model: {rss_mb():.0f} MiB; torch threads {torch.get_num_threads()}")
 
         start = time.perf_counter()
-        ranges = percentile_range(scan.data, model.config.input, False)
+        ranges = intensity_ranges(scan.data, model.config.input, False)
         print(f"intensity range over the whole volume {ranges[0].round(1).tolist()} in {time.perf_counter() - start:.1f}s")
 
         n = min(args.slices or scan.data.shape[0], scan.data.shape[0])

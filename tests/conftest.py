@@ -51,3 +51,14 @@ def blob_image():
     image[(yy - 30) ** 2 + (xx - 25) ** 2 < 81] += 80
     image[:, 50:52] -= 60
     return image.astype(np.float32)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one torch thread avoids OpenMP stalls."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,12 +27,7 @@ from test_normalize import ct_volume
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-tumours"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import torch
 
 from napari_unet.core.config import InputConfig, ModelConfig, UNetConfig
 from napari_unet.core.device import resolve_device, resolve_precision
-from napari_unet.core.normalize import normalize_slice, percentile_range
+from napari_unet.core.normalize import intensity_ranges, normalize_slice
 from napari_unet.core.predict import PredictOptions, image_layout, predict, predict_iter
 from napari_unet.core.weights import new_model
 
@@ -79,7 +79,7 @@ def _quickly_trained_model():
         return img.astype(np.float32), lab
 
     def normalised(img):
-        return normalize_slice(img, percentile_range(img, InputConfig(), False), 1, InputConfig())[0]
+        return normalize_slice(img, intensity_ranges(img, InputConfig(), False), 1, InputConfig())[0]
 
     opt = torch.optim.Adam(model.net.parameters(), lr=1e-2)
     model.net.train()

@@ -131,10 +131,6 @@ def intensity_ranges(array, input_config: InputConfig, rgb: bool) -> np.ndarray:
     return resolve_normalization(array, input_config, rgb).ranges
 
 
-#: The name used before modality-aware normalisation; same function.
-percentile_range = intensity_ranges
-
-
 def normalize_slice(
     plane: np.ndarray, ranges: np.ndarray, model_channels: int, input_config: InputConfig
 ) -> np.ndarray:

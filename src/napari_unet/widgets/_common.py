@@ -40,6 +40,7 @@ __all__ = [
     "model_selection",
     "rebuild_choices",
     "run_generator",
+    "report_failure",
     "show_error",
     "show_info",
     "show_warning",
@@ -109,6 +110,19 @@ def describe_failure(exc: BaseException) -> Failure:
     if isinstance(exc, OSError):
         return Failure(True, text, "check the file or folder and that it can be read")
     return Failure(False, f"{type(exc).__name__}: {text}", "this is a bug; the details are in the log")
+
+
+def report_failure(exc: BaseException, what: str) -> str:
+    """One notification for a failed worker (``what``: "Segmentation", ...);
+    returns the status line that says what to do. Unexpected errors are
+    logged with their traceback; the user sees one line."""
+    failure = describe_failure(exc)
+    if failure.expected:
+        show_warning(f"{what} failed: {failure.message}. {failure.hint[:1].upper()}{failure.hint[1:]}.")
+    else:
+        _log.error("%s failed", what.lower(), exc_info=(type(exc), exc, exc.__traceback__))
+        show_error(f"{what} failed: {failure.message} ({failure.hint}).")
+    return f"failed: {failure.message}. To fix it: {failure.hint}. Nothing was changed."
 
 
 def _report_unhandled(exc: BaseException) -> None:

@@ -38,11 +38,10 @@ from ._common import (
     META_KEY,
     LayerProblem,
     check_image_layer,
-    describe_failure,
     model_selection,
     rebuild_choices,
+    report_failure,
     run_generator,
-    show_error,
     show_info,
     show_warning,
     synchronous,
@@ -426,16 +425,8 @@ class FinetuneWidget(VersionsMixin, Container):
 
     def _on_error(self, exc: BaseException) -> None:
         """The worker's ``errored`` handler: one notification, and what to do in the status line."""
-        failure = describe_failure(exc)
         self._job["outcome"] = "error"
-        self.status.value = f"failed: {failure.message}. To fix it: {failure.hint}. Nothing was changed."
-        if failure.expected:
-            show_warning(f"Fine-tuning failed: {failure.message}. {failure.hint[:1].upper()}{failure.hint[1:]}.")
-        else:
-            import logging
-
-            logging.getLogger(__name__).error("fine-tuning failed", exc_info=(type(exc), exc, exc.__traceback__))
-            show_error(f"Fine-tuning failed: {failure.message} ({failure.hint}).")
+        self.status.value = report_failure(exc, "Fine-tuning")
 
     def _on_finish(self) -> None:
         self._job["finished"] = True

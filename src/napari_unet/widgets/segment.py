@@ -32,14 +32,13 @@ from ._common import (
     LayerProblem,
     check_image_layer,
     class_features,
-    describe_failure,
     heavy_imports,
     labels_colormap,
     labels_digest,
     model_selection,
     rebuild_choices,
+    report_failure,
     run_generator,
-    show_error,
     show_info,
     show_warning,
 )
@@ -128,7 +127,7 @@ def segment_job(
     ``(model_config, labels, plane)``.
     """
     with heavy_imports():
-        from napari_unet.core.normalize import percentile_range
+        from napari_unet.core.normalize import intensity_ranges
         from napari_unet.core.predict import PredictOptions, predict_iter
         from napari_unet.core.weights import load_model
 
@@ -136,7 +135,7 @@ def segment_job(
     with heavy_imports():
         model = load_model(model_source, device="cpu")
     yield ("status", "measuring intensities…")
-    ranges = percentile_range(data, model.config.input, rgb)
+    ranges = intensity_ranges(data, model.config.input, rgb)
     image = data if plane is None else data[plane]
     options = PredictOptions(device=device, tile=tile, zoom=zoom)
     result = yield from predict_iter(image, model, options, rgb=rgb, intensity_ranges=ranges, out=out)
@@ -264,16 +263,8 @@ class SegmentWidget(Container):
 
     def _on_error(self, exc: BaseException) -> None:
         """The worker's ``errored`` handler: one notification, and what to do in the status line."""
-        failure = describe_failure(exc)
         self._job["outcome"] = "error"
-        self.status.value = f"failed: {failure.message}. To fix it: {failure.hint}. Nothing was changed."
-        if failure.expected:
-            show_warning(f"Segmentation failed: {failure.message}. {failure.hint[:1].upper()}{failure.hint[1:]}.")
-        else:
-            import logging
-
-            logging.getLogger(__name__).error("segmentation failed", exc_info=(type(exc), exc, exc.__traceback__))
-            show_error(f"Segmentation failed: {failure.message} ({failure.hint}).")
+        self.status.value = report_failure(exc, "Segmentation")
 
     def _on_finish(self) -> None:
         self._job["finished"] = True
