@@ -23,6 +23,13 @@ Usage::
     python benchmarks/bench_hitl_real.py                          # all cases, k = 0 1 3 10 (~25 min)
     python benchmarks/bench_hitl_real.py --cases lung2 --ks 0 3 --no-scratch
     python benchmarks/bench_hitl_real.py --json .cache/real.json --picture docs/images/hitl_real.png
+    python benchmarks/bench_hitl_real.py --ks 3 10 --no-scratch --strategy both --curve docs/images/strategies.png
+
+``--strategy suggested`` (the annotate-next issue): rounds of predict ->
+correct the most uncertain unreviewed pool slices (mean normalised entropy,
+:mod:`napari_unet.core.uncertainty`) -> fine-tune from the last round's
+model, with the same seconds per round; k=3 is rounds of 1+2 slices, k=10
+of 1+3+6.
 
 MONAI is needed only for the scratch anchor (``make bench`` installs it;
 ``--no-scratch`` runs without). The scans are read from ``--data`` (default
@@ -204,6 +211,65 @@ def run_case(name: str, args, base) -> dict:
     return {"case": name, "shape": list(volume.shape), "held_out_from": median, "rows": rows}
 
 
+#: slices corrected per round of the ``suggested`` strategy, for each total k
+ROUNDS = {1: [1], 3: [1, 2], 10: [1, 3, 6]}
+
+
+def rounds_for(k: int) -> list[int]:
+    """Slices per round for a total of ``k``: the schedule above, or rounds doubling in size."""
+    if k in ROUNDS:
+        return ROUNDS[k]
+    sizes, left, n = [], k, 1
+    while left > 0:
+        sizes.append(min(n, left))
+        left -= sizes[-1]
+        n *= 2
+    return sizes
+
+
+def pool_scores(model, volume: np.ndarray, median: int) -> np.ndarray:
+    """Per-slice uncertainty of the pool slices (0..median-1), normalised with the whole volume."""
+    from napari_unet.core.normalize import intensity_ranges
+    from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
+
+    ranges = intensity_ranges(volume, model.config.input, False)
+    options = PredictOptions(device="cpu", uncertainty=True)
+    return run_to_end(predict_iter(volume[:median], model, options, intensity_ranges=ranges)).slice_uncertainty
+
+
+def run_case_suggested(name: str, args, base) -> dict:
+    """The ``suggested`` strategy: rounds of predict -> correct the most
+    uncertain unreviewed pool slices -> fine-tune (from the last round's
+    model, as a user continues with their model), the same seconds per round."""
+    from napari_unet.core.finetune import finetune
+    from napari_unet.core.uncertainty import review_order
+
+    volume, truth, _ = load_case(args.data, name)
+    median, _ = split(truth)
+    rows = []
+    for k in [k for k in args.ks if k > 0]:
+        model, reviewed, rounds, start = base, [], [], time.perf_counter()
+        for size in rounds_for(k):
+            scores = pool_scores(model, volume, median)
+            picked = [z for z, _ in review_order(scores, reviewed, top=size)]
+            reviewed += picked
+            mask = np.zeros(truth.shape, bool)
+            mask[reviewed] = True
+            result = finetune(volume, truth, mask, model, max_seconds=args.seconds, device="cpu",
+                              seed=args.seed, return_result=True)
+            model = result.model
+            rounds.append({"picked": picked, "tumour_in_picked": int(truth[picked].sum()),
+                           "steps": result.steps, "stop": result.stop_reason})
+        row = {"k": k, "strategy": "suggested", "slices": sorted(reviewed), "rounds": rounds,
+               "seconds": round(time.perf_counter() - start, 1),
+               "finetuned": held_out_dice(model, volume, truth, median), "scratch": None}
+        rows.append(row)
+        with_tumour = sum(1 for z in reviewed if truth[z].any())
+        print(f"  suggested k={k:2d}: fine-tuned {row['finetuned']:.3f} (slices {row['slices']}, "
+              f"{with_tumour} with tumour, {len(rounds)} rounds)", file=sys.stderr)
+    return {"case": name, "shape": list(volume.shape), "held_out_from": median, "rows": rows}
+
+
 def table(results: list[dict], ks: list[int]) -> str:
     lines = ["| case | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     means: dict[int, list[float]] = {k: [] for k in ks}
@@ -269,6 +335,39 @@ def picture(args, base, path: Path) -> None:
     plt.close(fig)
 
 
+def strategy_curve(even: list[dict], suggested: list[dict], path: Path) -> None:
+    """Held-out Dice against corrected slices, per case and the mean, for both strategies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(even) + 1, figsize=(3.2 * (len(even) + 1), 3), dpi=100, squeeze=False)
+    curves = {"even": {}, "suggested": {}}
+    for label, results in (("even", even), ("suggested", suggested)):
+        for ax, res in zip(axes[0], results):
+            ks = [r["k"] for r in res["rows"] if r["k"] > 0]
+            ds = [r["finetuned"] for r in res["rows"] if r["k"] > 0]
+            ax.plot(ks, ds, "o-", label=label)
+            ax.set_title(res["case"], fontsize=9)
+            for k, d in zip(ks, ds):
+                curves[label].setdefault(k, []).append(d)
+    for label, per_k in curves.items():
+        ks = sorted(per_k)
+        axes[0][-1].plot(ks, [float(np.nanmean(per_k[k])) for k in ks], "o-", label=label)
+    axes[0][-1].set_title("mean", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xscale("log")
+        ax.set_xlabel("corrected slices (k)", fontsize=8)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("held-out tumour Dice", fontsize=8)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of NAME_image/NAME_label.nii.gz")
@@ -281,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-models", type=Path, default=None, help="keep the fine-tuned models here")
     parser.add_argument("--picture", type=Path, default=None, help="write a before/after picture (k=3)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--strategy", choices=("even", "suggested", "both"), default="even",
+                        help="which slices are corrected: even (spread over the pool's tumour slices), "
+                             "suggested (rounds on the most uncertain pool slices), or both")
+    parser.add_argument("--curve", type=Path, default=None,
+                        help="with --strategy both: write a plot of Dice against corrected slices")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"no real scans at {args.data} (pass --data DIR)", file=sys.stderr)
@@ -297,12 +401,23 @@ def main(argv: list[str] | None = None) -> int:
     base = load_model(args.model, "cpu")
     print(f"model {base.config.name}; budget {args.seconds:g} s; torch threads {torch.get_num_threads()}",
           file=sys.stderr)
-    results = [run_case(name, args, base) for name in args.cases]
-    print(table(results, args.ks))
+    results, suggested = [], []
+    for name in args.cases:
+        if args.strategy in ("even", "both"):
+            results.append(run_case(name, args, base))
+        if args.strategy in ("suggested", "both"):
+            suggested.append(run_case_suggested(name, args, base))
+    if results:
+        print("even:\n" + table(results, args.ks))
+    if suggested:
+        print("suggested:\n" + table(suggested, [k for k in args.ks if k > 0]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": base.config.name, "seconds": args.seconds, "cases": results}
+        payload = {"model": base.config.name, "seconds": args.seconds, "cases": results, "suggested": suggested}
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    if args.curve and results and suggested:
+        strategy_curve(results, suggested, args.curve)
+        print(f"wrote {args.curve}", file=sys.stderr)
     if args.picture:
         picture(args, base, args.picture)
         print(f"wrote {args.picture}", file=sys.stderr)

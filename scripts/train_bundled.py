@@ -31,7 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,10 +43,13 @@ import torch
 
 from napari_unet.core.config import ModelConfig, UNetConfig
 from napari_unet.core.datasets import SimulatedBatches, simulated_batches
+from napari_unet.core.simulate import SimulatorConfig
 from napari_unet.core.train import TrainOptions, train_iter
 from napari_unet.core.weights import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    bundled_model_path,
+    default_model_name,
     load_model_folder,
     new_model,
     save_model,
@@ -76,7 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and keep the faster (on a shared machine one thread is often faster)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "bundled-run")
-    p.add_argument("--resume", action="store_true", help="start from the checkpoint in --work")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run: from the checkpoint in --work if there is one, else from the "
+                        "shipped default model (its provenance.stages are carried on)")
+    p.add_argument("--canvas-scales", default="1:0.4,1.5:0.25,2:0.25,3:0.1",
+                   help="SCALE:WEIGHT list: scans simulated SCALE times the patch size and cropped, so the "
+                        "model sees anatomy at the pixel sizes of 256-768 px scans ('1:1' = patch-sized only)")
+    p.add_argument("--max-vessel-width", type=float, default=16.0,
+                   help="widest simulated vessel in px (a 1400 px fundus photo has vessels up to ~20 px)")
     p.add_argument("--install", metavar="NAME", help="copy the result into the package as bundled model NAME")
     return p.parse_args(argv)
 
@@ -143,6 +155,18 @@ class ThreadChooser:
         torch.set_num_threads(n)
 
 
+def _git_commit() -> str:
+    """The commit the simulator came from (``+dirty`` when the working tree differs)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = ThreadChooser(args.threads)
@@ -155,19 +179,32 @@ def main(argv: list[str] | None = None) -> int:
         architecture=UNetConfig(in_channels=1, num_classes=3, depth=args.depth, base_channels=args.base_channels),
     )
     start_step = 0
+    stages: list = []
     if args.resume and checkpoint_dir.is_dir():
         model = load_model_folder(checkpoint_dir)
         model.net.train()
         start_step = json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
+        stages = list(model.config.provenance.get("stages", []))
         log(f"resuming from {checkpoint_dir} at step {start_step}")
+    elif args.resume:
+        shipped = default_model_name()
+        model = load_model_folder(bundled_model_path(shipped))
+        model.net.train()
+        start_step = int(model.config.provenance.get("steps", 0))
+        stages = list(model.config.provenance.get("stages", []))
+        log(f"resuming from the shipped model {shipped} at step {start_step}")
     else:
         model = new_model(config, seed=args.seed)
+    config = model.config.replace(name=args.name) if args.resume else config
+    scales = [tuple(float(v) for v in item.split(":")) for item in args.canvas_scales.split(",") if item]
+    sim_config = SimulatorConfig(nerve_width=(1.0, args.max_vessel_width))
 
     size = (args.patch, args.patch)
     t0 = time.perf_counter()
-    validation = simulated_batches(args.seed, config, args.val_samples, size, batch_size=8)
+    validation = simulated_batches(args.seed, config, args.val_samples, size, batch_size=8, sim_config=sim_config)
     log(f"validation set: {args.val_samples} simulated scans in {time.perf_counter() - t0:.1f}s")
-    sampler = SimulatedBatches(config, size, pool_size=args.pool, fresh=args.fresh)
+    sampler = SimulatedBatches(config, size, pool_size=args.pool, fresh=args.fresh, sim_config=sim_config,
+                               canvas_scales=scales)
     options = TrainOptions(
         max_steps=(start_step + args.max_steps) if args.max_steps else None,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
@@ -206,6 +243,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"step {event.step} loss {np.mean(losses[-25:]):.4f} lr {event.lr:.2e} "
                 f"{event.elapsed:.0f}s generated {sampler.generated}{val}")
 
+    stage = {
+        "stage": len(stages) + 1,
+        "command": "python scripts/train_bundled.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "simulator_commit": _git_commit(),
+        "start_step": start_step,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "stop_reason": result.stop_reason,
+        "best_step": result.best_step,
+        "best_val_dice": result.best_val_dice,
+        "validation": f"{args.val_samples} simulated scans of this stage's simulator, stream (seed, 1)",
+    }
     final_config = config.replace(provenance={
         "trained_by": "scripts/train_bundled.py",
         "data": "simulated scans only (napari_unet.core.simulate: mri, ct, fundus, em; "
@@ -224,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": f"{args.device}, {args.threads} threads, {platform.machine()} (shared)",
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "stages": [*stages, stage],
     })
     final = args.work / "final"
     save_model(result.model, final, overwrite=True, config=final_config)

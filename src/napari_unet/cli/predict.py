@@ -46,12 +46,20 @@ def add_parser(subparsers) -> None:
         "--index", type=int, default=None,
         help="for 4D/5D inputs: which time point / channel volume to segment (0-based)",
     )
+    p.add_argument(
+        "--uncertainty", metavar="OUT", default=None,
+        help="also write the per-pixel uncertainty (normalised entropy of the class probabilities, "
+        "float32 0..1, the labels' geometry; .tif, .nii.gz, .npy or .zarr) and print the slices "
+        "to review first",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from napari_unet.core.predict import (
         PredictOptions,
         image_layout,
@@ -69,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     output = check_output(args.output, args.overwrite)
+    uncertainty_path = None
+    if args.uncertainty is not None:
+        uncertainty_path = check_output(args.uncertainty, args.overwrite)
+        if uncertainty_path.resolve() == output.resolve():
+            raise CLIError(f"--uncertainty {args.uncertainty} is the labels output too; name another file")
+        if uncertainty_path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            raise CLIError(f"{args.uncertainty}: the uncertainty map is float32; write it as .tif, .nii.gz, .npy or .zarr")
     check_device(args.device)
     scan = read_image(args.input, index=args.index)
     try:
@@ -81,17 +96,29 @@ def run(args: argparse.Namespace) -> int:
         sink = labels_output(output, spatial, like=scan, overwrite=args.overwrite)
     except IOErrorMessage as exc:
         raise CLIError(str(exc)) from exc
+    sinks = [sink]
+    if uncertainty_path is not None:
+        try:
+            sinks.append(labels_output(uncertainty_path, spatial, like=scan, overwrite=args.overwrite,
+                                       dtype=np.float32))
+        except IOErrorMessage as exc:
+            sink.abort()
+            raise CLIError(str(exc)) from exc
     bar = ProgressBar("predict", delay=0.0 if not args.quiet else 1e9)
-    generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"), out=sink.array)
+    generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"), out=sink.array,
+                             uncertainty_out=sinks[1].array if len(sinks) > 1 else None)
     try:
         result = run_to_end(generator, lambda event: bar.update(event.done, event.total))
         bar.close()
-        sink.commit()
+        for each in sinks:
+            each.commit()
     except (ValueError, IOErrorMessage) as exc:
-        sink.abort()
+        for each in sinks:
+            each.abort()
         raise CLIError(str(exc)) from exc
     except BaseException:
-        sink.abort()
+        for each in sinks:
+            each.abort()
         raise
     if not args.quiet:
         voxels = sink.label_counts()  # counted while writing: no second pass over a big volume
@@ -102,6 +129,15 @@ def run(args: argparse.Namespace) -> int:
             f"({result.precision}) in {result.seconds:.2f}s: {found}",
             file=sys.stderr,
         )
+        if result.slice_uncertainty is not None:
+            from napari_unet.core.uncertainty import review_order
+
+            scores = result.slice_uncertainty
+            if len(scores) > 1:
+                top = ", ".join(f"{z} ({score:.3f})" for z, score in review_order(scores, top=5))
+                print(f"wrote {uncertainty_path}; slices to review first: {top}", file=sys.stderr)
+            else:
+                print(f"wrote {uncertainty_path}; mean uncertainty {scores[0]:.3f}", file=sys.stderr)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
     return 0

@@ -86,6 +86,7 @@ class SimulatedBatches:
         fresh: int = 2,
         modalities: Sequence[str] | None = None,
         sim_config: SimulatorConfig | None = None,
+        canvas_scales: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         divisor = model_config.architecture.divisor
         if size[0] % divisor or size[1] % divisor:
@@ -96,6 +97,7 @@ class SimulatedBatches:
         self.fresh = max(1, int(fresh))
         self.modalities = tuple(modalities) if modalities else None
         self.sim_config = sim_config or SimulatorConfig()
+        self.canvas_scales = tuple(canvas_scales) if canvas_scales else None
         self._x: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
         self._next = 0
@@ -103,7 +105,11 @@ class SimulatedBatches:
 
     def _generate(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         modality = None if self.modalities is None else self.modalities[rng.integers(len(self.modalities))]
-        return simulated_sample(rng, self.model_config, self.size, modality, self.sim_config)
+        canvas = 1.0
+        if self.canvas_scales:
+            weights = np.array([w for _, w in self.canvas_scales], float)
+            canvas = self.canvas_scales[int(rng.choice(len(weights), p=weights / weights.sum()))][0]
+        return simulated_sample(rng, self.model_config, self.size, modality, self.sim_config, canvas=canvas)
 
     def _add(self, x: np.ndarray, y: np.ndarray) -> None:
         if len(self._x) < self.pool_size:
@@ -135,10 +141,31 @@ def simulated_sample(
     size: tuple[int, int] = (256, 256),
     modality: str | None = None,
     sim_config: SimulatorConfig | None = None,
+    canvas: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One simulated scan, normalised for ``model_config``: (C,H,W) float32, (H,W) uint8."""
-    image, labels = simulate_scan(rng, size, modality, config=sim_config)
+    """One simulated scan, normalised for ``model_config``: (C,H,W) float32, (H,W) uint8.
+
+    ``canvas > 1`` simulates a scan ``canvas`` times larger (the same anatomy
+    at a finer pixel size, as in a 512 px CT slice or a 1400 px fundus photo),
+    normalises it whole, as the predictor does, and returns a ``size`` crop of
+    it: centred on a labelled pixel half of the time, anywhere otherwise.
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    full = size if canvas <= 1.0 else tuple(int(round(n * canvas)) for n in size)
+    image, labels = simulate_scan(rng, full, modality, config=sim_config)
     x = normalize_image(image, model_config.input, model_config.architecture.in_channels)
+    if full != tuple(size):
+        h, w = size
+        fg = np.flatnonzero(labels.ravel())
+        if fg.size and rng.random() < 0.5:
+            i = fg[rng.integers(fg.size)]
+            cy, cx = divmod(int(i), full[1])
+            y0 = int(np.clip(cy - h // 2 + rng.integers(-h // 4, h // 4 + 1), 0, full[0] - h))
+            x0 = int(np.clip(cx - w // 2 + rng.integers(-w // 4, w // 4 + 1), 0, full[1] - w))
+        else:
+            y0, x0 = int(rng.integers(full[0] - h + 1)), int(rng.integers(full[1] - w + 1))
+        x = np.ascontiguousarray(x[:, y0 : y0 + h, x0 : x0 + w])
+        labels = np.ascontiguousarray(labels[y0 : y0 + h, x0 : x0 + w])
     return x.astype(np.float32, copy=False), labels
 
 

@@ -24,6 +24,7 @@ from .device import autocast, empty_cache, is_out_of_memory, resolve_device, res
 from .model import fuse_batchnorm
 from .normalize import normalize_slice
 from .tiling import blend_weights, tile_grid, tile_size_for
+from .uncertainty import normalized_entropy, slice_score
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ class PredictOptions:
     the plane's own size, so labels always have the image's shape; ``overlap`` the fraction of a tile shared with its
     neighbour; ``batch_size`` how many tiles run at once (halved on
     out-of-memory); ``precision`` ``auto`` chooses float16 on GPUs and bfloat16
-    on CPUs that compute it natively.
+    on CPUs that compute it natively. ``uncertainty`` also returns the
+    normalised entropy of the class probabilities per pixel (0 = certain,
+    1 = all classes equally likely) and its mean per slice
+    (:mod:`napari_unet.core.uncertainty`).
     """
 
     tile: int = 512
@@ -52,6 +56,7 @@ class PredictOptions:
     precision: str = "auto"
     return_probabilities: bool = False
     zoom: float = 1.0
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.zoom <= 4.0:
@@ -77,6 +82,10 @@ class PredictProgress:
 class Prediction:
     labels: np.ndarray
     probabilities: np.ndarray | None = None
+    #: per-pixel normalised entropy (float32, the labels' shape), with ``uncertainty=True``
+    uncertainty: np.ndarray | None = None
+    #: mean entropy per slice (Z,) for a stack, (1,) for a 2D image, with ``uncertainty=True``
+    slice_uncertainty: np.ndarray | None = None
     device: str = "cpu"
     precision: str = "float32"
     seconds: float = 0.0
@@ -250,6 +259,7 @@ def predict_iter(
     rgb: bool | None = None,
     intensity_ranges: np.ndarray | None = None,
     out=None,
+    uncertainty_out=None,
 ) -> Generator[PredictProgress, None, Prediction]:
     """Segment ``image`` with ``model`` tile by tile.
 
@@ -257,7 +267,8 @@ def predict_iter(
     slicing (NumPy, memmap, zarr, dask). ``model``: a :class:`SegmentationModel`.
     ``intensity_ranges``: precomputed normalisation (e.g. from the whole volume
     when only one slice is segmented). ``out``: optional array receiving the
-    labels plane by plane (for volumes larger than memory).
+    labels plane by plane (for volumes larger than memory); ``uncertainty_out``
+    the same for the uncertainty map (float32; implies ``options.uncertainty``).
     """
     options = options or PredictOptions()
     start = time.perf_counter()
@@ -293,6 +304,15 @@ def predict_iter(
     probabilities = (
         np.zeros((arch.num_classes, *spatial), np.float32) if options.return_probabilities else None
     )
+    want_uncertainty = options.uncertainty or uncertainty_out is not None
+    uncertainty = None
+    scores = np.zeros(num_planes, np.float64) if want_uncertainty else None
+    if uncertainty_out is not None:
+        if tuple(uncertainty_out.shape) != tuple(spatial):
+            raise ValueError(f"uncertainty output shape {tuple(uncertainty_out.shape)} differs from the image's {spatial}")
+        uncertainty = uncertainty_out
+    elif want_uncertainty:
+        uncertainty = np.zeros(spatial, np.float32)
 
     def planes() -> Iterator[np.ndarray]:
         for z in range(num_planes):
@@ -308,6 +328,13 @@ def predict_iter(
         if net_shape != plane_shape:
             probs = _resample(probs, plane_shape)
         plane_labels = probs.argmax(axis=0).astype(np.uint8)
+        if want_uncertainty:
+            plane_entropy = normalized_entropy(probs)
+            scores[index] = slice_score(plane_entropy)
+            if volume:
+                uncertainty[index] = plane_entropy
+            else:
+                uncertainty[...] = plane_entropy
         if volume:
             labels[index] = plane_labels
             if probabilities is not None:
@@ -319,6 +346,8 @@ def predict_iter(
     return Prediction(
         labels=labels,
         probabilities=probabilities,
+        uncertainty=uncertainty,
+        slice_uncertainty=scores,
         device=runner.device.type,
         precision=str(runner.dtype).replace("torch.", ""),
         seconds=time.perf_counter() - start,
@@ -357,14 +386,18 @@ def predict(
     precision: str = "auto",
     return_probabilities: bool = False,
     zoom: float = 1.0,
+    uncertainty: bool = False,
     rgb: bool | None = None,
     progress: Callable[[PredictProgress], None] | None = None,
     out=None,
+    uncertainty_out=None,
 ) -> Prediction:
     """Segment an image with a model (the default bundled model when ``None``).
 
     Returns a :class:`Prediction` with ``labels`` (uint8, the image's spatial
-    shape) and, on request, ``probabilities`` (classes first, float32).
+    shape) and, on request, ``probabilities`` (classes first, float32) and
+    ``uncertainty`` (per-pixel normalised entropy) with ``slice_uncertainty``
+    (its mean per slice: the slices to review first score highest).
     """
     from .weights import load_model
 
@@ -377,6 +410,8 @@ def predict(
         precision=precision,
         return_probabilities=return_probabilities,
         zoom=zoom,
+        uncertainty=uncertainty,
     )
-    return run_to_end(predict_iter(image, model, options, rgb=rgb, out=out), progress)
+    generator = predict_iter(image, model, options, rgb=rgb, out=out, uncertainty_out=uncertainty_out)
+    return run_to_end(generator, progress)
 

@@ -302,9 +302,35 @@ def _irregular_ellipse(rng: np.random.Generator, shape: tuple[int, int], center,
     return np.sqrt(dy * dy + dx * dx) / boundary
 
 
+def _mri_body_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A breast/body-like MRI slice: bright fat (T1) around darker fibroglandular
+    tissue, a dark muscle wall along one side, air outside."""
+    h, w = shape
+    s = min(h, w)
+    zoom = rng.uniform(0.7, 2.0)
+    center = (h / 2 + rng.normal(0, 0.1) * s, w / 2 + rng.normal(0, 0.1) * s)
+    axes = (0.4 * s * zoom * rng.uniform(0.7, 1.2), 0.45 * s * zoom * rng.uniform(0.7, 1.2))
+    rho = _irregular_ellipse(rng, shape, center, axes, wobble=0.35)
+    body = rho <= 1.0
+    fat, gland, muscle = rng.uniform(0.75, 0.95), rng.uniform(0.3, 0.5), rng.uniform(0.2, 0.35)
+    if rng.random() < 0.3:  # fat-suppressed: fat dark, glands brighter
+        fat, gland = rng.uniform(0.15, 0.3), rng.uniform(0.45, 0.6)
+    tissue = ndimage.gaussian_filter(fractal_noise(rng, shape, beta=rng.uniform(2.2, 3.0), cutoff=3.0), 1.0)
+    image = np.where(tissue > rng.uniform(-0.2, 0.8), gland, fat).astype(np.float32)
+    image = ndimage.gaussian_filter(image, rng.uniform(0.6, 1.5))
+    yy, xx = _grid(shape)
+    t = rng.uniform(0, 2 * np.pi)
+    wall = ((yy - center[0]) * math.sin(t) + (xx - center[1]) * math.cos(t)) > rng.uniform(0.3, 0.8) * min(axes)
+    image[wall & body] = muscle
+    image[~body] = 0.0
+    return image, body
+
+
 def _mri_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
     s = min(h, w)
+    if rng.random() < 0.35:
+        return _mri_body_background(rng, shape)
     zoom = rng.uniform(0.6, 2.2)  # >1: a crop inside the head
     center = (h / 2 + rng.normal(0, 0.08) * s, w / 2 + rng.normal(0, 0.08) * s)
     axes = (0.42 * s * zoom * rng.uniform(0.85, 1.15), 0.36 * s * zoom * rng.uniform(0.85, 1.15))
@@ -332,38 +358,109 @@ def _mri_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[n
     return image, body
 
 
-def _ct_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _organ(rng: np.random.Generator, shape: tuple[int, int], center, radius: float, irregularity: float = 0.35,
+           elongation: float = 1.0, angle: float = 0.0) -> np.ndarray:
+    """A full-size mask of one irregular blob (an organ, a lung, a vertebra)."""
+    mask, box, _ = _blob_mask(rng, shape, center, radius, irregularity, elongation, angle)
+    full = np.zeros(shape, bool)
+    if mask.size:
+        full[box] = mask
+    return full
+
+
+#: CT tissues in Hounsfield units (``(low, high)`` drawn per scan): published
+#: typical values (unenhanced to portal-venous phase).
+CT_HU = {
+    "air": (-1000.0, -990.0), "lung": (-900.0, -800.0), "fat": (-120.0, -80.0), "muscle": (35.0, 60.0),
+    "liver": (50.0, 130.0), "spleen": (40.0, 120.0), "kidney": (30.0, 180.0), "blood": (35.0, 220.0),
+    "bowel": (0.0, 40.0), "marrow": (150.0, 350.0), "cortex": (600.0, 1200.0),
+}
+
+
+def _ct_background(
+    rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A chest or abdomen slice in HU.
+
+    Returns ``(image, body, lesion_unit, lung)``: ``lesion_unit`` is the
+    contrast unit (HU) of a lesion at each pixel (0 where lesions do not
+    grow: air, fat, bone) and ``lung`` marks the aerated lung, where a
+    nodule is soft tissue, ~850 HU above its surroundings.
+    """
     h, w = shape
     s = min(h, w)
+    hu = {k: rng.uniform(*v) for k, v in CT_HU.items()}
     zoom = rng.uniform(0.6, 2.2)
     center = (h / 2 + rng.normal(0, 0.06) * s, w / 2 + rng.normal(0, 0.06) * s)
-    axes = (0.33 * s * zoom * rng.uniform(0.85, 1.1), 0.45 * s * zoom * rng.uniform(0.85, 1.1))
-    rho = _irregular_ellipse(rng, shape, center, axes, wobble=0.2)
-    image = np.full(shape, -1000.0, np.float32)
-    image[rho <= 1.0] = -100.0  # subcutaneous fat
+    ay, ax = 0.33 * s * zoom * rng.uniform(0.85, 1.1), 0.45 * s * zoom * rng.uniform(0.85, 1.1)
+    rho = _irregular_ellipse(rng, shape, center, (ay, ax), wobble=0.2)
+    body = rho <= 1.0
+    image = np.full(shape, hu["air"], np.float32)
+    image[body] = hu["fat"]
     inner = rho <= rng.uniform(0.8, 0.93)
-    image[inner] = 45.0  # muscle
-    organs = fractal_noise(rng, shape, beta=3.2, cutoff=2.0)
-    image[inner & (organs > 0.3)] = 60.0 + rng.uniform(-15, 25)
-    image[inner & (organs < -0.6)] = 25.0
-    texture = ndimage.gaussian_filter(fractal_noise(rng, shape, beta=2.0, cutoff=8.0), 1.0)
-    image += inner * texture * 6
-    # bowel gas pockets and fat islands
-    for _ in range(rng.poisson(1)):
-        c = (center[0] + rng.normal(0, 0.3) * axes[0], center[1] + rng.normal(0, 0.3) * axes[1])
-        blob, box, _ = _blob_mask(rng, shape, c, rng.uniform(0.01, 0.05) * s * zoom, 0.5)
-        image[box][blob] = rng.choice((-900.0, -90.0))
-    # spine (posterior) and ribs (near the boundary)
-    spine_c = (center[0] + 0.6 * axes[0], center[1])
-    spine, box, rr = _blob_mask(rng, shape, spine_c, 0.11 * axes[0], 0.2)
-    image[box][spine] = np.where(rr[spine] > 0.7, 800.0, 250.0)
-    for _ in range(rng.integers(4, 12)):
+    muscle_wall = inner & (rho > rng.uniform(0.68, 0.78))
+    image[inner] = hu["fat"] + 20.0  # visceral fat
+    image[muscle_wall] = hu["muscle"]
+    unit = np.zeros(shape, np.float32)
+    unit[muscle_wall] = 65.0
+    lung = np.zeros(shape, bool)
+    cy, cx = center
+    spine_c = (cy + 0.55 * ay, cx + rng.normal(0, 0.02) * ax)
+    if rng.random() < 0.5:  # chest: two lungs, the heart and great vessels between them
+        for side in (-1, 1):
+            c = (cy - 0.05 * ay + rng.normal(0, 0.04) * ay, cx + side * 0.38 * ax)
+            lung |= _organ(rng, shape, c, 0.5 * ay * rng.uniform(0.8, 1.15), 0.3,
+                           elongation=rng.uniform(0.55, 0.8), angle=np.pi / 2 + rng.normal(0, 0.2))
+        lung &= inner & ~muscle_wall
+        heart = _organ(rng, shape, (cy + 0.05 * ay, cx + rng.normal(0.08, 0.05) * ax),
+                       0.3 * ay * rng.uniform(0.8, 1.2), 0.25, 1.3, rng.uniform(0, np.pi)) & inner
+        lung &= ~heart
+        image[heart] = hu["blood"] * rng.uniform(0.8, 1.0)
+        unit[heart] = 65.0
+        aorta = _organ(rng, shape, (spine_c[0] - 0.22 * ay, spine_c[1] + 0.12 * ax), 0.08 * ay, 0.05)
+        image[aorta] = hu["blood"]
+        texture = fractal_noise(rng, shape, beta=2.2, cutoff=4.0)
+        image[lung] = hu["lung"] + 25.0 * texture[lung]
+        unit[lung] = 850.0
+    else:  # abdomen: liver, spleen, kidneys, bowel
+        side = rng.choice((-1.0, 1.0))
+        organs = [
+            ("liver", (cy - 0.1 * ay, cx + side * 0.35 * ax), 0.55 * ay, 1.4),
+            ("spleen", (cy + 0.05 * ay, cx - side * 0.55 * ax), 0.25 * ay, 1.3),
+            ("kidney", (spine_c[0] - 0.05 * ay, cx - 0.3 * ax), 0.18 * ay, 1.5),
+            ("kidney", (spine_c[0] - 0.05 * ay, cx + 0.3 * ax), 0.18 * ay, 1.5),
+        ]
+        for _ in range(int(rng.integers(3, 9))):
+            organs.append(("bowel", (cy + rng.normal(0, 0.3) * ay, cx + rng.normal(0, 0.3) * ax),
+                           rng.uniform(0.06, 0.14) * ay, 1.2))
+        for name, c, r, elong in organs:
+            if rng.random() < 0.15:
+                continue  # not every organ is in every slice
+            m = _organ(rng, shape, c, r * rng.uniform(0.7, 1.2), 0.35, elong * rng.uniform(0.8, 1.2),
+                       rng.uniform(0, np.pi)) & inner & ~muscle_wall
+            image[m] = hu[name] + rng.normal(0, 5)
+            unit[m] = 65.0
+            if name == "bowel" and rng.random() < 0.4:
+                gas = m & (fractal_noise(rng, shape, beta=3.0, cutoff=2.0) > 0.5)
+                image[gas] = hu["air"] + 100.0
+                unit[gas] = 0.0
+    # spine and ribs
+    vert = _organ(rng, shape, spine_c, 0.12 * ay, 0.15)
+    cortex = vert & ~ndimage.binary_erosion(vert, iterations=max(1, int(0.015 * s * zoom)))
+    image[vert] = hu["marrow"]
+    image[cortex] = hu["cortex"]
+    unit[vert] = 0.0
+    for _ in range(int(rng.integers(4, 12))):
         t = rng.uniform(0, 2 * np.pi)
-        c = (center[0] + 0.86 * axes[0] * math.sin(t), center[1] + 0.86 * axes[1] * math.cos(t))
+        c = (cy + 0.84 * ay * math.sin(t), cx + 0.84 * ax * math.cos(t))
         rib, box, _ = _blob_mask(rng, shape, c, rng.uniform(0.02, 0.04) * s * zoom, 0.2, 2.0, t + np.pi / 2)
-        image[box][rib] = 700.0
+        image[box][rib] = hu["cortex"] * 0.8
+        unit[box][rib] = 0.0
+    # parenchymal texture (a few HU) and the reconstruction's blur
+    texture = ndimage.gaussian_filter(fractal_noise(rng, shape, beta=2.0, cutoff=8.0), 1.0)
+    image += (inner & ~lung) * texture * rng.uniform(2.0, 8.0)
     image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.2))
-    return image, rho <= 1.0
+    return image.astype(np.float32), body, unit, lung
 
 
 def _em_background(
@@ -500,8 +597,16 @@ def _visible_amplitude(
 def _add_tumors(
     rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, region: np.ndarray,
     config: SimulatorConfig, scale: float, rgb_tint: np.ndarray | None = None,
+    unit_map: np.ndarray | None = None, brighter: np.ndarray | None = None, style: str = "",
 ) -> None:
-    """Paint lesions into ``image`` (H,W) or (H,W,3) in place; ``scale`` is the tissue contrast unit."""
+    """Paint lesions into ``image`` (H,W) or (H,W,3) in place; ``scale`` is the tissue contrast unit.
+
+    ``unit_map`` (CT) replaces ``scale`` by the contrast unit at the lesion's
+    centre, scaled by a further 0.25-1 (CT lesions are 10-80 HU off their
+    organ); where ``brighter`` is set (aerated lung) a lesion is always
+    brighter (a soft-tissue nodule). ``style="mri"`` draws more enhancing rims
+    with necrotic cores and an unlabelled oedema halo around some lesions.
+    """
     h, w = labels.shape
     s = min(h, w)
     count = 0 if rng.random() > config.tumor_probability else int(rng.integers(1, config.max_tumors + 1))
@@ -521,15 +626,26 @@ def _add_tumors(
             continue
         sign = rng.choice((-1.0, 1.0))
         sign = float(config.tumor_sign) if config.tumor_sign is not None else sign
-        contrast = sign * rng.uniform(*config.tumor_contrast) * scale
+        unit = scale
+        if unit_map is not None:
+            iy, ix = min(int(c[0]), h - 1), min(int(c[1]), w - 1)
+            unit = float(unit_map[iy, ix]) * rng.uniform(0.25, 1.0)
+            if brighter is not None and brighter[iy, ix]:
+                sign, unit = 1.0, float(unit_map[iy, ix])
+        contrast = sign * rng.uniform(*config.tumor_contrast) * unit
         contrast = _visible_amplitude(rng, image, box, mask, contrast, config, _gain(image, rgb_tint))
         inside = np.ones_like(rho)
         if min(rho.shape) > 4:  # heterogeneous interior
             tex = fractal_noise(rng, rho.shape, beta=rng.uniform(1.5, 3.0), cutoff=1.0)
             inside = inside + rng.uniform(0.15, 0.45) * tex
-        if diameter > 12 and rng.random() < 0.25:  # necrotic core / enhancing rim
-            core = rho < rng.uniform(0.3, 0.6)
-            inside = np.where(core, inside * rng.uniform(0.2, 0.5), inside * rng.uniform(1.0, 1.4))
+        if diameter > 12 and rng.random() < (0.55 if style == "mri" else 0.25):  # necrotic core / enhancing rim
+            core = rho < rng.uniform(0.3, 0.7)
+            inside = np.where(core, inside * rng.uniform(-0.3, 0.5), inside * rng.uniform(1.0, 1.5))
+        if style == "mri" and rng.random() < 0.4 and image.ndim == 2:
+            # oedema: a diffuse unlabelled halo, darker on T1, brighter on T2 (opposite to enhancement)
+            halo = (rho > 1.0) & (rho < rng.uniform(1.3, 1.9))
+            fade = np.clip((rng.uniform(1.3, 1.9) - rho) / 0.6, 0, 1) * halo
+            image[box] += (-0.35 * abs(contrast) * rng.uniform(0.3, 1.0) * fade).astype(np.float32)
         edge_sigma = rng.uniform(0.0, 0.4 * diameter / 2 + 0.01) if rng.random() < 0.5 else 0.0
         weight = mask.astype(np.float32)
         if edge_sigma > 0.4:
@@ -695,16 +811,23 @@ def simulate_scan(
             image, body = _mri_background(rng, shape)
             scale, region = 0.4, body
         elif modality == "ct":
-            image, body = _ct_background(rng, shape)
-            scale, region = 300.0, body
+            image, body, unit, lung = _ct_background(rng, shape)
+            _add_tumors(rng, image, labels, unit > 0, config, 65.0, unit_map=unit, brighter=lung)
+            if lung.any() and rng.random() < 0.7:  # lung vessels: soft tissue in air, always bright
+                roots = _vessel_roots(rng, shape, int(rng.integers(2, 6)))
+                _add_vessels(rng, image, labels, roots, config, 850.0, sign=1.0, width=(1.0, 6.0), region=lung)
+            scale = 150.0
+            body = body & ~lung
         else:
             image, body = _em_background(rng, shape, config.real_backgrounds, config.em_background)
             scale, region = 0.35 * float(np.std(image) * 4 + 0.05), body
-        _add_tumors(rng, image, labels, region, config, scale)
+        if modality != "ct":
+            _add_tumors(rng, image, labels, region, config, scale, style=modality)
         if nerve:
             roots = _vessel_roots(rng, shape, int(rng.integers(1, 6)))
-            # vessels run inside the body, not through the air around it
-            _add_vessels(rng, image, labels, roots, config, scale, region=body)
+            # vessels run inside the body, not through the air around it (CT: contrast-enhanced, bright)
+            _add_vessels(rng, image, labels, roots, config, scale, sign=1.0 if modality == "ct" else None,
+                         region=body)
         if modality == "mri":
             bias = np.exp(rng.uniform(0.05, 0.4) * fractal_noise(rng, shape, beta=4.0, cutoff=1.0))
             sigma = rng.uniform(0.01, 0.06)
@@ -712,7 +835,7 @@ def simulate_scan(
             n2 = rng.standard_normal(shape).astype(np.float32) * sigma
             image = np.sqrt((image * bias + n1) ** 2 + n2**2) * 1000.0  # Rician magnitude
         elif modality == "ct":
-            image = image + rng.uniform(5, 35) * rng.standard_normal(shape).astype(np.float32)
+            image = image + rng.uniform(4, 25) * rng.standard_normal(shape).astype(np.float32)
         else:
             image = image + rng.uniform(0.0, 0.05) * rng.standard_normal(shape).astype(np.float32)
     image = image.astype(np.float32)

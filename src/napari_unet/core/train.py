@@ -277,16 +277,21 @@ LOSS_PROGRESS = 0.02
 
 
 def _lr_factor(options: TrainOptions, step: int, elapsed: float) -> float:
-    """Multiplier of ``options.lr`` before ``step`` (0-based) at ``elapsed`` seconds."""
-    if options.warmup_steps and step < options.warmup_steps:
-        warm = 0.1 + 0.9 * step / options.warmup_steps
+    """Multiplier of ``options.lr`` before ``step`` (0-based) at ``elapsed`` seconds.
+
+    Warm-up and schedule count from ``options.start_step``: a resumed run
+    (a new training stage) warms up again and anneals over its own steps.
+    """
+    local = step - options.start_step
+    if options.warmup_steps and local < options.warmup_steps:
+        warm = 0.1 + 0.9 * local / options.warmup_steps
     else:
         warm = 1.0
     if options.schedule == "constant":
         return warm
     progress = 0.0
     if options.max_steps:
-        progress = max(progress, step / options.max_steps)
+        progress = max(progress, local / max(options.max_steps - options.start_step, 1))
     if options.max_seconds:
         progress = max(progress, elapsed / options.max_seconds)
     progress = min(1.0, progress)
@@ -334,6 +339,11 @@ def train_iter(
         dtype = torch.float32  # float16 without loss scaling underflows: stay safe
     notes: list[str] = []
     net = model.net.to(device)
+    # channels-last convolutions are ~10 % faster on CPUs (oneDNN); the layout
+    # is put back when training ends, so saved and returned weights are plain
+    channels_last = device.type == "cpu"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     validation = list(validation) if validation else None
     rng = np.random.default_rng(options.seed)
 
@@ -453,6 +463,8 @@ def train_iter(
             try:
                 batch = sample_batch(rng, batch_size)
                 x, y, mask = _to_tensors(batch, device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, dtype):
                     logits = net(x)
@@ -535,6 +547,8 @@ def train_iter(
         # normal end, gen.close() (GeneratorExit at the yield) or an error:
         # the model always leaves with the best weights, ready for inference
         net.load_state_dict(best_state)
+        if channels_last:
+            net.to(memory_format=torch.contiguous_format)
         for name, p in net.named_parameters():
             p.requires_grad_(requires_grad.get(name, True))
         net.eval()

@@ -218,7 +218,12 @@ def labels_output(
         return ZarrLabelsOutput(path, shape, meta, overwrite, dtype)
     if kind == "tiff":
         return TiffLabelsOutput(path, shape, meta, overwrite, dtype)
-    writer = _WRITERS.get(kind)
+    if np.issubdtype(np.dtype(dtype), np.floating):  # a float map (uncertainty), not labels
+        writer = _MAP_WRITERS.get(kind)
+        if writer is None:
+            raise IOErrorMessage(f"{path}: a float map cannot be written as {kind}; use .tif, .nii.gz, .npy or .zarr")
+    else:
+        writer = _WRITERS.get(kind)
     if writer is None:
         raise IOErrorMessage(f"{path}: writing labels as {kind} is not supported")
     return MemoryLabelsOutput(path, shape, meta, overwrite, writer, dtype)
@@ -284,6 +289,12 @@ def _write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
     return write_nifti(path, labels, meta, overwrite)
 
 
+def _write_nifti_map(path: Path, values, meta: ScanMeta, overwrite: bool) -> Path:
+    from .nifti import write_nifti_map
+
+    return write_nifti_map(path, values, meta, overwrite)
+
+
 def _read_dicom(path: Path) -> list[Scan]:
     from .dicom import read_dicom
 
@@ -308,6 +319,11 @@ _WRITERS: dict[str, Callable[[Path, Any, ScanMeta, bool], Path]] = {
     "npy": _write_npy,
     "png": _write_png,
     "nifti": _write_nifti,
+}
+#: Writers of float maps (the uncertainty), kept in memory until commit like the labels above.
+_MAP_WRITERS: dict[str, Callable[[Path, Any, ScanMeta, bool], Path]] = {
+    "npy": _write_npy,
+    "nifti": _write_nifti_map,
 }
 #: Formats whose labels are written plane by plane through :func:`labels_output`.
 _STREAMING = ("tiff", "zarr")

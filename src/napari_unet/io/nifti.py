@@ -145,7 +145,12 @@ def _label_dtype(labels: np.ndarray) -> np.dtype:
     raise IOErrorMessage(f"labels range {low}..{high} does not fit NIfTI's int32")
 
 
-def write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
+def write_nifti_map(path: Path, values, meta: ScanMeta, overwrite: bool) -> Path:
+    """Write a float map (an uncertainty map) as float32 NIfTI with ``meta``'s geometry."""
+    return write_nifti(path, values, meta, overwrite, continuous=True)
+
+
+def write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool, continuous: bool = False) -> Path:
     """Write a (Z,Y,X) or (Y,X) label image as NIfTI with ``meta``'s geometry.
 
     The labels are transposed back to the file's ``(i, j, k)`` order; the
@@ -158,7 +163,9 @@ def write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
     data = np.asarray(labels)
     if data.ndim not in (2, 3):
         raise IOErrorMessage(f"{path}: NIfTI labels must be 2D or 3D, got shape {data.shape}")
-    if np.issubdtype(data.dtype, np.floating):
+    if continuous:
+        data = data.astype(np.float32, copy=False)
+    elif np.issubdtype(data.dtype, np.floating):
         if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
             raise IOErrorMessage(f"{path}: labels must be whole numbers, got {data.dtype} values")
     elif not (np.issubdtype(data.dtype, np.integer) or data.dtype.kind == "b"):
@@ -168,7 +175,7 @@ def write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
             f"{path}: labels shape {tuple(data.shape)} differs from the scan's {tuple(meta.shape)}; "
             "its geometry would not fit"
         )
-    dtype = _label_dtype(data)
+    dtype = np.dtype(np.float32) if continuous else _label_dtype(data)
     array = np.ascontiguousarray(data.astype(dtype, copy=False).transpose(tuple(range(data.ndim))[::-1]))
     info = meta.extra.get("nifti") or {}
     if meta.affine is not None:
@@ -190,8 +197,9 @@ def write_nifti(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
         image.set_sform(affine, code=code)
     units = info.get("xyzt_units")
     header.set_xyzt_units(xyz=units[0] if units and units[0] != "unknown" else "mm")
-    header.set_intent("label")
-    header["descrip"] = b"napari-unet labels"
+    if not continuous:
+        header.set_intent("label")
+    header["descrip"] = b"napari-unet uncertainty" if continuous else b"napari-unet labels"
     with atomic_path(path, overwrite) as tmp:
         try:
             with warnings.catch_warnings():

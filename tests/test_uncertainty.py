@@ -1,0 +1,109 @@
+"""Uncertainty: the entropy map, the per-slice ranking, and the CLI's uncertainty file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.predict import predict
+from napari_unet.core.uncertainty import normalized_entropy, review_order, slice_scores
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """A trained model (a random one is unsure everywhere, which ranks nothing)."""
+    from napari_unet.core.weights import load_model
+
+    return load_model(None, device="cpu")
+
+
+def test_entropy_is_zero_for_one_hot_and_one_for_uniform():
+    one_hot = np.zeros((3, 4, 5), np.float32)
+    one_hot[1] = 1.0
+    assert np.all(normalized_entropy(one_hot) == 0.0)
+    uniform = np.full((3, 4, 5), 1 / 3, np.float32)
+    np.testing.assert_allclose(normalized_entropy(uniform), 1.0, atol=1e-6)
+    mixed = np.stack([np.full((2, 2), 0.8), np.full((2, 2), 0.1), np.full((2, 2), 0.1)]).astype(np.float32)
+    value = normalized_entropy(mixed)
+    assert np.all((value > 0.0) & (value < 1.0))
+    # any other distribution is less uncertain than the uniform one
+    rng = np.random.default_rng(0)
+    random = rng.dirichlet(np.ones(3), size=(6, 7)).transpose(2, 0, 1).astype(np.float32)
+    assert normalized_entropy(random).max() < 1.0
+
+
+def test_review_order_ranks_highest_first_and_drops_reviewed():
+    scores = [0.1, 0.5, 0.3, 0.5]
+    assert review_order(scores) == [(1, 0.5), (3, 0.5), (2, 0.3), (0, 0.1)]
+    assert [z for z, _ in review_order(scores, reviewed=[1, 2])] == [3, 0]
+    assert [z for z, _ in review_order(scores, top=2)] == [1, 3]
+
+
+def _stack_with_noise_slice(noise_slice: int) -> np.ndarray:
+    """Five smooth slices with one bright square; one slice is pure noise."""
+    rng = np.random.default_rng(1)
+    stack = np.full((5, 48, 56), 100.0, np.float32)
+    stack[:, 12:30, 14:34] = 400.0
+    stack += rng.normal(0, 2, stack.shape).astype(np.float32)
+    stack[noise_slice] = rng.uniform(0, 1000, stack.shape[1:])
+    return stack
+
+
+def test_a_noise_slice_is_ranked_first(bundled):
+    stack = _stack_with_noise_slice(3)
+    result = predict(stack, bundled, device="cpu", precision="float32", uncertainty=True)
+    assert result.uncertainty.shape == stack.shape and result.uncertainty.dtype == np.float32
+    assert 0.0 <= result.uncertainty.min() and result.uncertainty.max() <= 1.0
+    np.testing.assert_allclose(result.slice_uncertainty, slice_scores(result.uncertainty), rtol=1e-6)
+    assert review_order(result.slice_uncertainty)[0][0] == 3
+    plain = predict(stack, bundled, device="cpu", precision="float32")
+    assert plain.uncertainty is None and plain.slice_uncertainty is None
+    np.testing.assert_array_equal(plain.labels, result.labels)  # asking for uncertainty changes nothing else
+
+
+def test_uncertainty_streams_into_an_output_array(tiny_model):
+    stack = _stack_with_noise_slice(1)
+    sink = np.zeros(stack.shape, np.float32)
+    result = predict(stack, tiny_model, device="cpu", precision="float32", tile=32, uncertainty_out=sink)
+    assert result.uncertainty is sink and sink.max() > 0
+    with pytest.raises(ValueError, match="uncertainty output shape"):
+        predict(stack, tiny_model, device="cpu", tile=32, uncertainty_out=np.zeros((2, 3, 4), np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".nii.gz", ".npy"])
+def test_cli_writes_uncertainty_with_the_labels_geometry(tmp_path, suffix, capsys):
+    import nibabel as nib
+
+    stack = _stack_with_noise_slice(2)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(stack.transpose(2, 1, 0).copy(), affine), str(src))
+    labels_out, unc_out = tmp_path / "labels.nii.gz", tmp_path / f"unc{suffix}"
+    code = main(["predict", str(src), "-o", str(labels_out), "--uncertainty", str(unc_out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "slices to review first: 2 (" in err
+    if suffix == ".tif":
+        values = tifffile.imread(unc_out)
+    elif suffix == ".npy":
+        values = np.load(unc_out)
+    else:
+        image = nib.load(str(unc_out))
+        np.testing.assert_allclose(image.affine, affine)
+        assert image.get_data_dtype() == np.float32
+        values = np.asarray(image.dataobj).transpose(2, 1, 0)
+    assert values.shape == stack.shape and values.dtype == np.float32
+    assert 0.0 <= values.min() and values.max() <= 1.0
+    assert int(np.argmax(values.mean(axis=(1, 2)))) == 2
+
+
+def test_cli_refuses_a_png_uncertainty_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    src = tmp_path / "scan.npy"
+    np.save(src, _stack_with_noise_slice(0))
+    out, unc = tmp_path / "labels.tif", tmp_path / "unc.png"
+    code = main(["predict", str(src), "-o", str(out), "--uncertainty", str(unc), "--model", str(tiny_model_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "float32" in err[0]
+    assert not out.exists() and not unc.exists()
