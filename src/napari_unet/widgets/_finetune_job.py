@@ -62,6 +62,9 @@ class FinetuneOutcome:
     steps: int = 0
     classes: tuple[Any, ...] = ()
     notes: list[str] = field(default_factory=list)
+    #: the re-segmentation's uncertainty map and per-slice scores (for "Review next")
+    uncertainty: np.ndarray | None = None
+    slice_uncertainty: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------ the job
@@ -181,9 +184,8 @@ def finetune_job(
     yield ("status", "checking against the previous version…")
     decision = store.promote(version, parent, result.val_dice_after, result.val_dice_before)
     yield ("status", "segmenting again…")
-    prediction = yield from predict_iter(
-        request.image, trained, PredictOptions(device=request.device, zoom=request.zoom), rgb=request.rgb
-    )
+    options = PredictOptions(device=request.device, zoom=request.zoom, uncertainty=True)
+    prediction = yield from predict_iter(request.image, trained, options, rgb=request.rgb)
     return FinetuneOutcome(
         "done",
         version=version,
@@ -194,6 +196,8 @@ def finetune_job(
         seconds=time.perf_counter() - start,
         classes=tuple(trained.config.classes),
         notes=list(getattr(prediction, "notes", [])),
+        uncertainty=prediction.uncertainty,
+        slice_uncertainty=prediction.slice_uncertainty,
     )
 
 

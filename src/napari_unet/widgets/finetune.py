@@ -6,7 +6,8 @@ runs in a worker thread (through :func:`._common.run_generator`): it loads the
 base model, fine-tunes it on the trusted pixels only (see :mod:`.corrections`),
 saves the result as a new version in the user's model store (the bundled
 model is never touched), applies the regression gate, and re-segments the
-image with the zoom the layer was segmented with. Back on the GUI thread the
+image with the zoom the layer was segmented with (scoring its slices' uncertainty
+for the "Review next" list, :mod:`._review`). Back on the GUI thread the
 trusted pixels are kept exactly as the user left them and the prediction fills
 only the untrusted ones, and the new version becomes the viewer's shared model
 choice (:class:`._common.ModelSelection`), which the Segment widget shows too.
@@ -47,6 +48,7 @@ from ._common import (
     synchronous,
 )
 from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary, warm_up
+from ._review import ReviewNext, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
 from .corrections import (
     _unwrap,
@@ -119,6 +121,7 @@ class FinetuneWidget(VersionsMixin, Container):
         self.review_button = PushButton(text="Mark slice reviewed (Shift-R)")
         self.show_trusted_box = CheckBox(text="show trusted pixels", value=False)
         self.trusted_status = Label(value="")
+        self.review_next = ReviewNext(viewer)
 
         self.finetune_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -150,7 +153,7 @@ class FinetuneWidget(VersionsMixin, Container):
         self.plot = TrainingPlot(budget=float(self.budget.value))
         self.extend(
             [
-                self.image, self.labels_layer, review_row, self.trusted_status,
+                self.image, self.labels_layer, review_row, self.trusted_status, self.review_next,
                 self.model, self.budget, self.lr_preset, self.show_advanced, self.advanced,
                 run_row, self.add_class_button, self.progress, self.status,
             ]
@@ -261,6 +264,7 @@ class FinetuneWidget(VersionsMixin, Container):
                 tracker.changed.connect(self._update_trusted_status)
             self._status_tracker = tracker
         self._update_trusted_status()
+        self.review_next.set_layer(layer)
         if self.show_trusted_box.value:
             self._on_show_trusted(True)
 
@@ -542,6 +546,9 @@ class FinetuneWidget(VersionsMixin, Container):
         stats = round_summary(request.labels, request.trusted, outcome.predicted, self._job["previous"])
         with tracker.writing_labels():
             layer.data = merged
+        if outcome.slice_uncertainty is not None:
+            refresh_uncertainty(self._viewer, request.image_name, outcome.uncertainty)
+            store_slice_scores(layer, outcome.slice_uncertainty)  # "Review next" ranks again
         meta = layer.metadata.setdefault(META_KEY, {})
         meta["model_source"] = str(outcome.version.path)
         meta["model"] = str(outcome.version.path)

@@ -5,6 +5,9 @@ The result is a Labels layer named after the image, with the model's class
 names and colours and the image's scale and translate; its metadata records
 the model and the zoom it was made with (fine-tuning re-segments with them).
 A result the user has edited is never overwritten: a new layer is made instead.
+Segmenting a stack also scores every slice by the model's uncertainty (kept in
+the result's metadata for the Fine-tune widget's "Review next" list, see
+:mod:`._review`); "Show uncertainty" adds the per-pixel map as an Image layer.
 The model list is the viewer's shared :class:`._common.ModelSelection`, so it
 always shows the model the Fine-tune widget just made.
 """
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -42,6 +46,7 @@ from ._common import (
     show_info,
     show_warning,
 )
+from ._review import SCORES_KEY, DiscardMap, empty_map, show_uncertainty, store_slice_scores
 
 if TYPE_CHECKING:
     import napari
@@ -119,12 +124,14 @@ def current_plane(viewer, layer) -> int:
 
 def segment_job(
     data, rgb: bool, model_source: str | None, device: str, plane: int | None, tile: int, out=None,
-    zoom: float = 1.0,
+    zoom: float = 1.0, uncertainty: str = "none", uncertainty_out=None,
 ):
     """The worker: load the model, normalise over the whole image, predict.
 
+    ``uncertainty``: ``none``, ``scores`` (per-slice scores only) or ``map``
+    (scores and the per-pixel map, into ``uncertainty_out`` if given).
     Yields ``("status", text)`` and ``PredictProgress``; returns
-    ``(model_config, labels, plane)``.
+    ``(model_config, labels, plane, source, uncertainty map or None, slice scores or None)``.
     """
     with heavy_imports():
         from napari_unet.core.normalize import intensity_ranges
@@ -137,9 +144,14 @@ def segment_job(
     yield ("status", "measuring intensities…")
     ranges = intensity_ranges(data, model.config.input, rgb)
     image = data if plane is None else data[plane]
-    options = PredictOptions(device=device, tile=tile, zoom=zoom)
-    result = yield from predict_iter(image, model, options, rgb=rgb, intensity_ranges=ranges, out=out)
-    return model.config, result.labels, plane, model.source
+    options = PredictOptions(device=device, tile=tile, zoom=zoom, uncertainty=uncertainty != "none")
+    if uncertainty == "scores":
+        uncertainty_out = DiscardMap(image.shape[:-1] if rgb else image.shape)
+    result = yield from predict_iter(
+        image, model, options, rgb=rgb, intensity_ranges=ranges, out=out, uncertainty_out=uncertainty_out
+    )
+    shown = result.uncertainty if uncertainty == "map" else None
+    return model.config, result.labels, plane, model.source, shown, result.slice_uncertainty
 
 
 class SegmentWidget(Container):
@@ -168,12 +180,16 @@ class SegmentWidget(Container):
             "larger than the model expects, e.g. 0.35-0.5 for a 1400-pixel fundus photo",
         )
         self.scope = RadioButtons(label="segment", choices=(SCOPE_ALL, SCOPE_SLICE), value=SCOPE_ALL)
+        self.show_uncertainty = CheckBox(
+            text="Show uncertainty", value=False,
+            tooltip="add a layer showing where the model is unsure (bright: the classes are equally likely)",
+        )
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.extend(
-            [self.image, self.model, self.model_folder, self.device, self.zoom, self.scope,
+            [self.image, self.model, self.model_folder, self.device, self.zoom, self.scope, self.show_uncertainty,
              self.segment_button, self.cancel_button, self.progress, self.status]
         )
         self.status.native.setWordWrap(True)
@@ -234,11 +250,14 @@ class SegmentWidget(Container):
         chunked = wants_chunked_result(data, spatial)
         out = empty_labels(spatial, chunked) if (chunked and plane is None) else None
         zoom = float(self.zoom.value)
+        uncertainty = "map" if self.show_uncertainty.value else ("scores" if spatial_ndim == 3 else "none")
+        uncertainty_out = empty_map(spatial, True) if (uncertainty == "map" and out is not None) else None
         self._job: dict[str, Any] = {
             "outcome": None, "layer": layer, "plane": plane, "spatial": spatial, "chunked": chunked, "zoom": zoom,
         }
         worker = run_generator(
             segment_job, data, layer.rgb, source, self.device.value, plane, self._tile, out, zoom,
+            uncertainty, uncertainty_out,
             on_yield=self._on_progress, on_return=self._on_result,
             on_error=self._on_error, on_finish=self._on_finish,
         )
@@ -280,10 +299,14 @@ class SegmentWidget(Container):
             self.progress.visible = False
 
     def _on_result(self, result) -> None:
-        config, labels, plane, source = result
+        config, labels, plane, source, uncertainty, scores = result
         self._job["outcome"] = "done"
         layer = self._job["layer"]
         layer_out = self._store_result(layer, config, labels, plane, source)
+        if uncertainty is not None:
+            show_uncertainty(self._viewer, layer, uncertainty, plane, self._job["spatial"], self._job["chunked"])
+        if scores is not None:
+            store_slice_scores(layer_out, scores, plane)  # after the map, so "Review next" sees both
         where = f"slice {plane}" if plane is not None else "image"
         if isinstance(labels, np.ndarray):
             counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
@@ -320,7 +343,7 @@ class SegmentWidget(Container):
             data = labels if plane is None else empty_labels(full_shape, self._job["chunked"])
             if plane is not None:
                 data[plane] = labels
-            extra = {k: v for k, v in image_layer.metadata.items() if k != META_KEY}
+            extra = {k: v for k, v in image_layer.metadata.items() if k not in (META_KEY, SCORES_KEY)}
             # with the plugin's own metadata from the start, so the Fine-tune widget
             # sees a result layer the moment it is inserted
             extra[META_KEY] = dict(meta)
