@@ -7,6 +7,7 @@ hands a :class:`FinetuneOutcome` back. No Qt here.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Generator
@@ -65,6 +66,10 @@ class FinetuneOutcome:
     #: the re-segmentation's uncertainty map and per-slice scores (for "Review next")
     uncertainty: np.ndarray | None = None
     slice_uncertainty: np.ndarray | None = None
+
+
+#: seconds between two training steps shown in the GUI (validation checks always are)
+GUI_EVENT_INTERVAL = 0.25
 
 
 # ------------------------------------------------------------------ the job
@@ -148,6 +153,7 @@ def finetune_job(
     training = finetune_iter(request.image, request.labels, request.trusted, model, **kwargs)
     steps = 0
     result = None
+    last_shown = -math.inf
     while True:
         try:
             event = next(training)
@@ -155,6 +161,15 @@ def finetune_job(
             result = stop.value
             break
         steps = event.step
+        # every step handed to the GUI costs the event loop (and the GIL) a plot
+        # update: pass validation checks always, plain steps a few times a second
+        now = time.perf_counter()
+        if getattr(event, "val_dice", None) is None and now - last_shown < GUI_EVENT_INTERVAL:
+            if cancel.is_set() and not graceful:
+                training.close()
+                return FinetuneOutcome("cancelled", steps=steps, seconds=time.perf_counter() - start)
+            continue
+        last_shown = now
         yield event
         if cancel.is_set() and not graceful:
             training.close()  # the core drops the run; the base model is untouched
