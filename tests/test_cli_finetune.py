@@ -59,7 +59,7 @@ def test_finetune_writes_a_usable_model(files, tiny_model_dir, tmp_path, capsys)
     "change, message",
     [
         ("shape", "differ in shape"),
-        ("class", "add_classes"),
+        ("class", "pass --add-classes"),
         ("empty-mask", "no pixel"),
         ("steps", "--steps"),
         ("missing", "no such file"),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .io import IOErrorMessage, Scan, ScanMeta, format_of, read_all_axes, write_labels
+from .io.base import one_line, reason
 from .io.classes import classes_path, hex_color, layer_kwargs, read_classes_file, write_classes_file
 from .io.formats import plugin_can_read
 from .io.trusted import metadata_from_sidecar, sidecar_path, write_sidecar_from_metadata
@@ -121,6 +122,9 @@ def read_layers_in_napari(path: PathOrPaths) -> list[LayerData]:
     except IOErrorMessage as exc:
         notify_error(str(exc))
         return [(None,)]  # npe2's "read, but nothing to add": no other reader is tried
+    except (OSError, ValueError, MemoryError) as exc:  # the same net as ``napari-unet view``
+        notify_error(one_line(f"{_first(path)}: cannot be read ({type(exc).__name__}: {reason(exc)})"))
+        return [(None,)]
     if any(_RANGE_KEY in (kw.get("metadata") or {}).get("napari_unet", {}) for _, kw, _ in layers):
         _watch_current_viewer()
     return layers
@@ -172,6 +176,11 @@ def open_in_viewer(viewer: Any, path: str | os.PathLike) -> list[Any]:
     for layer in layers:  # current_viewer() may be another window than ``viewer``
         widen_contrast_range(layer)
     return layers
+
+
+def _first(path: PathOrPaths) -> str:
+    paths = _as_paths(path)
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
 
 
 def _as_paths(path: PathOrPaths) -> list[Path]:
@@ -238,7 +247,12 @@ def layer_data(scan: Scan) -> LayerData:
     if window is not None:
         center, width = window
         kwargs["contrast_limits"] = (center - width / 2, center + width / 2)
-    display = ct_display(scan.data, scan.spatial_ndim, rgb=scan.rgb)
+    try:
+        display = ct_display(scan.data, scan.spatial_ndim, rgb=scan.rgb)
+    except IOErrorMessage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged chunk of a lazy scan, read for the first time here
+        raise IOErrorMessage(f"{scan.source or scan.name}: the data cannot be read ({reason(exc)})") from exc
     if display is not None:
         # the file's own window (DICOM) wins; else soft tissue, and the presets for the GUI
         kwargs.setdefault("contrast_limits", display["contrast_limits"])

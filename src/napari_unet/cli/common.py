@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -12,6 +16,58 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 class CLIError(Exception):
     """Bad input: the dispatcher prints the message on one line and exits with 2."""
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    """The parser of sub-command ``name`` (to see which options it really has)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def _options(command: argparse.ArgumentParser | None) -> set[str]:
+    return set(command._option_string_actions) if command is not None else set()
+
+
+def advice(exc: CLIError, command: argparse.ArgumentParser | None) -> str:
+    """``exc``'s message, with advice that names ``command``'s own options.
+
+    The io and core layers phrase their advice for the Python API (``index=N``,
+    ``add_classes=True``); their exceptions carry what the advice needs, found
+    here anywhere in the chain of causes."""
+    options = _options(command)
+    prog = command.prog if command is not None else "napari-unet"
+    cause: BaseException | None = exc
+    while cause is not None:
+        # duck-typed, so no module is imported here: ``api_option`` names the keyword
+        # the message would advise (io.IndexRequired, core.finetune.UnknownClassError)
+        option, summary = getattr(cause, "api_option", None), getattr(cause, "summary", None)
+        if option == "index" and summary:
+            if "--index" in options:
+                return f"{summary}; pick one volume with --index N (0..{cause.count - 1})"
+            return f"{summary}; {prog} reads one 2D/3D volume: save one time point / channel as its own file first"
+        if option == "add_classes" and summary:
+            return f"{summary}; pass --add-classes to add them" if "--add-classes" in options else summary
+        cause = cause.__cause__
+    return str(exc)
+
+
+@contextlib.contextmanager
+def one_line_warnings(prefix: str, stream: TextIO | None = None) -> Iterator[None]:
+    """Show each warning raised while a command runs as one line
+    ``PREFIX: warning: MESSAGE`` (not Python's two-line ``file:line`` form);
+    deprecation and resource warnings, meant for developers, are not shown."""
+    from napari_unet.io.base import one_line
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DeprecationWarning | PendingDeprecationWarning | ResourceWarning):
+            return
+        print(f"{prefix}: warning: {one_line(message)}", file=stream or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def read_image(path: str | Path, index: int | None = None):
@@ -25,7 +81,7 @@ def read_image(path: str | Path, index: int | None = None):
         raise CLIError(f"{path}: no such file")
     try:
         return read_scan(path, index=index)
-    except IOErrorMessage as exc:
+    except IOErrorMessage as exc:  # an IndexRequired gets this command's advice from the dispatcher
         raise CLIError(str(exc)) from exc
 
 

@@ -18,6 +18,23 @@ FORMAT_VERSION = 1
 #: batch size; ``none`` is the original 2015 architecture.
 NORMS = ("batch", "instance", "group", "none")
 
+#: Bounds of a model's architecture, so a damaged or hostile ``config.json``
+#: cannot make napari-unet build a network of terabytes: at most 4 input
+#: channels (grey, RGB, RGBA), 256 classes (labels are uint8: ids 0..255),
+#: depth 7 (inputs padded to multiples of 128) and 4096 channels per layer.
+MAX_IN_CHANNELS = 4
+MAX_CLASSES = 256
+MAX_DEPTH = 7
+MAX_CHANNELS = 4096
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    """``value`` must be an int (not a bool or a float) in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} to {high}, got {value}")
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -37,15 +54,12 @@ class UNetConfig:
     norm: str = "batch"
 
     def __post_init__(self) -> None:
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
-        if not 0 <= self.depth <= 7:
-            raise ValueError(f"depth must be between 0 and 7, got {self.depth}")
-        if self.base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
-        if self.norm not in NORMS:
+        _check_int("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
+        _check_int("num_classes", self.num_classes, 2, MAX_CLASSES)
+        _check_int("depth", self.depth, 0, MAX_DEPTH)
+        _check_int("base_channels", self.base_channels, 1, MAX_CHANNELS)
+        _check_int("max_channels", self.max_channels, 1, MAX_CHANNELS)
+        if not isinstance(self.norm, str) or self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
 
     @property
@@ -174,37 +188,113 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        version = int(data.get("format_version", 0))
+        """Parse ``config.json``'s content, checking every field's type and bounds;
+        a ``ValueError`` names the first wrong field (``architecture.depth must be ...``)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config.json must hold a JSON object, got {type(data).__name__}")
+        version = data.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"format_version must be a whole number >= 0, got {version!r}")
         if version > FORMAT_VERSION:
             raise ValueError(
                 f"model format version {version} is newer than this napari-unet "
                 f"understands ({FORMAT_VERSION}); upgrade napari-unet"
             )
-        arch = dict(data.get("architecture", {}))
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        arch = _section(data, "architecture")
         kind = arch.pop("type", "unet2d")
         if kind != "unet2d":
-            raise ValueError(f"unknown architecture type {kind!r}")
+            raise ValueError(f"architecture.type {kind!r} is unknown (napari-unet builds 'unet2d')")
+        known = {f.name for f in dataclasses.fields(UNetConfig)}
+        unknown = sorted(set(arch) - known)
+        if unknown:
+            raise ValueError(f"architecture has unknown field {unknown[0]!r}")
+        try:
+            architecture = UNetConfig(**arch)
+        except ValueError as exc:
+            raise ValueError(f"architecture.{exc}") from exc
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise ValueError(f"provenance must be an object, got {type(provenance).__name__}")
         try:
             return cls(
-                name=str(data["name"]),
-                architecture=UNetConfig(**arch),
-                classes=tuple(ClassInfo(**c) for c in data["classes"]),
-                input=_input_config(data.get("input", {})),
-                provenance=dict(data.get("provenance", {})),
+                name=name,
+                architecture=architecture,
+                classes=_classes(data.get("classes")),
+                input=_input_config(_section(data, "input")),
+                provenance=dict(provenance),
                 format_version=FORMAT_VERSION,
             )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"config.json is missing or has an unknown field: {exc}") from exc
+        except TypeError as exc:  # pragma: no cover - every field is checked above
+            raise ValueError(f"config.json has a field of the wrong type: {exc}") from exc
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _classes(items: Any) -> tuple[ClassInfo, ...]:
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"classes must be a list of {{id, name, color}} objects, got {items!r:.60}")
+    if len(items) > MAX_CLASSES:
+        raise ValueError(f"classes lists {len(items)} classes; at most {MAX_CLASSES} (labels are uint8)")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"classes[{n}] must be an object with id, name and color, got {item!r:.60}")
+        unknown = sorted(set(item) - {"id", "name", "color"})
+        if unknown:
+            raise ValueError(f"classes[{n}] has unknown field {unknown[0]!r}")
+        for key in ("id", "name", "color"):
+            if key not in item:
+                raise ValueError(f"classes[{n}] has no {key}")
+        _check_int(f"classes[{n}].id", item["id"], 0, MAX_CLASSES - 1)
+        if not isinstance(item["name"], str):
+            raise ValueError(f"classes[{n}].name must be a string, got {item['name']!r:.60}")
+        color = item["color"]
+        text = color.lstrip("#") if isinstance(color, str) else ""
+        if not (isinstance(color, str) and color.startswith("#") and len(text) in (6, 8)
+                and all(c in "0123456789abcdefABCDEF" for c in text)):
+            raise ValueError(f"classes[{n}].color must be '#rrggbb' or '#rrggbbaa', got {color!r:.60}")
+        out.append(ClassInfo(item["id"], item["name"], color))
+    return tuple(out)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError(f"input.{name} must be a number, got {value!r:.60}")
+    return float(value)
 
 
 def _input_config(data: dict[str, Any]) -> InputConfig:
     """``config.json``'s ``input``; a model saved before ``normalization``
     existed was trained on whole-image percentiles and keeps them."""
     data = dict(data)
+    known = {f.name for f in dataclasses.fields(InputConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"input has unknown field {unknown[0]!r}")
     data.setdefault("normalization", "percentile")
+    for key in ("low_percentile", "high_percentile"):
+        if key in data:
+            data[key] = _number(key, data[key])
+    for key in ("rgb", "normalization"):
+        if not isinstance(data.get(key, ""), str):
+            raise ValueError(f"input.{key} must be a string, got {data[key]!r:.60}")
     if "ct_window" in data:
-        data["ct_window"] = tuple(data["ct_window"])
-    return InputConfig(**data)
+        window = data["ct_window"]
+        if not isinstance(window, list | tuple) or len(window) != 2:
+            raise ValueError(f"input.ct_window must be [low, high], got {window!r:.60}")
+        data["ct_window"] = tuple(_number("ct_window", v) for v in window)
+    try:
+        return InputConfig(**data)
+    except ValueError as exc:
+        raise ValueError(f"input: {exc}") from exc

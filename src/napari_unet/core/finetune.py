@@ -311,6 +311,21 @@ def _fingerprint(plane: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+class UnknownClassError(ValueError):
+    """Labels use class ids the model does not have. The message advises the
+    Python API's ``add_classes=True``; ``summary`` is the message without the
+    advice, for front ends that name the option differently (the CLI's ``--add-classes``)."""
+
+    api_option = "add_classes"
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        super().__init__(f"{summary}; fine-tune with add_classes=True to add a class")
+
+    def __reduce__(self):  # picklable with its own argument
+        return type(self), (self.summary,)
+
+
 def _check_classes(trusted_labels: np.ndarray, model: SegmentationModel, add_classes: bool) -> int:
     """How many classes must be added (0 if none); raises for bad ids."""
     if trusted_labels.size == 0:
@@ -323,9 +338,8 @@ def _check_classes(trusted_labels: np.ndarray, model: SegmentationModel, add_cla
         return 0
     if not add_classes:
         names = ", ".join(f"{c.id} {c.name}" for c in model.config.classes)
-        raise ValueError(
-            f"the labels use class id {high}, but model {model.config.name!r} knows only "
-            f"{k} classes ({names}); fine-tune with add_classes=True to add a class"
+        raise UnknownClassError(
+            f"the labels use class id {high}, but model {model.config.name!r} knows only {k} classes ({names})"
         )
     return high - k + 1
 

@@ -99,6 +99,8 @@ def image_layout(shape: tuple[int, ...], rgb: bool | None = None) -> str:
         rgb = ndim in (3, 4) and shape[-1] == 3
         if ndim == 3 and shape[-1] == 4:
             raise ValueError(f"shape {shape} looks like RGBA; drop the alpha channel (use RGB)")
+    if rgb and shape[-1] == 4:
+        raise ValueError(f"shape {shape} is RGBA; drop the alpha channel (use RGB)")
     if rgb and shape[-1] != 3:
         raise ValueError(f"colour images need 3 channels (RGB) last, got shape {shape}")
     layout = {(2, False): "YX", (3, True): "YXC", (3, False): "ZYX", (4, True): "ZYXC"}.get((ndim, bool(rgb)))

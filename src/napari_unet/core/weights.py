@@ -125,6 +125,13 @@ def is_bundled_path(folder: Path) -> bool:
 
 
 # ------------------------------------------------------------------ load / save
+def minimum_parameters(arch) -> int:
+    """A lower bound of the parameters of a U-Net with ``arch``: the second 3x3
+    convolution of every encoder level (``9 * width**2``). Cheap, so a config
+    that names a huge network is refused before anything is allocated."""
+    return sum(9 * width * width for width in arch.widths())
+
+
 def read_config(folder: str | os.PathLike) -> ModelConfig:
     folder = Path(folder)
     path = folder / CONFIG_FILE
@@ -163,12 +170,22 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
+    held = sum(int(t.numel()) for t in state.values())
+    needed = minimum_parameters(config.architecture)
+    if needed > held:  # refuse before building a network the weights cannot fill
+        raise ModelError(
+            f"{weights_path} does not match the architecture in {CONFIG_FILE}: it describes at least "
+            f"{needed:,} parameters, the weights hold {held:,}"
+        )
     net = UNet(config.architecture)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{weights_path} does not match the architecture in {CONFIG_FILE}: {first}") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise ModelError(
+            f"{weights_path} does not match the architecture in {CONFIG_FILE}: {detail}".rstrip(".")[:300]
+        ) from exc
     net.eval()
     return SegmentationModel(config=config, net=net.to(device), source=str(folder))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,89 @@ class GeometryWarning(UserWarning):
     non-uniform spacing, no orientation); the message names the slices."""
 
 
+class IndexRequired(IOErrorMessage):
+    """A 4D/5D scan read without saying which volume: the message says how to
+    choose in the Python API (``index=N``); front ends that name the choice
+    differently (the CLI's ``--index``) build their own advice from ``summary``
+    (what the scan holds) and ``count`` (how many volumes)."""
+
+    api_option = "index"
+
+    def __init__(self, summary: str, count: int):
+        self.summary = one_line(summary)
+        self.count = int(count)
+        super().__init__(f"{self.summary}; pick one volume with index=N (0..{self.count - 1})")
+
+    def __reduce__(self):  # picklable (dask workers) with its own arguments
+        return type(self), (self.summary, self.count)
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """``text`` with its whitespace (newlines included) collapsed, cut at ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def reason(exc: BaseException) -> str:
+    """A library exception as a short reason: its message on one line, or its
+    type's name when it has none (so a message never ends in ``()``)."""
+    text = one_line(exc, limit=200)
+    return text or type(exc).__name__
+
+
+# ------------------------------------------------------------------ size limits
+#: Voxels a reader decodes into memory at most (a decompressed ``.nii.gz``, a
+#: PNG, an eager TIFF) and that an in-memory labels output (NIfTI, NumPy, PNG)
+#: may hold; checked from the header, before anything is allocated.
+MAX_MEMORY_VOXELS = 2**31
+#: Voxels of one 2D plane at most, for every format (napari and the predictor
+#: each read a whole plane at a time), unless the scan has a pyramid.
+MAX_PLANE_VOXELS = 2**31
+#: Voxels of a labels output written plane by plane (zarr, TIFF) at most: a
+#: 4096^3 volume; larger would take days to segment and terabytes to write.
+MAX_STREAM_VOXELS = 2**36
+
+
+def size_text(shape: Sequence[int], itemsize: int = 1) -> str:
+    """``"30000 x 30000 x 30000 = 2.7e+13 voxels (108 TB)"``: a shape, its voxels and bytes."""
+    voxels = 1
+    for s in shape:
+        voxels *= int(s)
+    nbytes = float(voxels) * int(itemsize)
+    unit = next((u for u, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)) if nbytes >= f), "kB")
+    factor = {"TB": 1e12, "GB": 1e9, "MB": 1e6, "kB": 1e3}[unit]
+    dims = " x ".join(str(int(s)) for s in shape)
+    return f"{dims} = {voxels:.3g} voxels ({nbytes / factor:.3g} {unit})"
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[list[str]]:
+    """Keep the log lines of libraries (``tifffile``, ``nibabel``) off the
+    console while a file is read; yields the list of messages they logged, so
+    the reader can turn the ones that matter into its own one-line error.
+
+    nibabel logs header fixes through its own stream handler and tifffile
+    warns about damaged page chains; both would print before our message."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            with contextlib.suppress(Exception):
+                messages.append(one_line(record.getMessage()))
+
+    collector = _Collect(level=logging.WARNING)
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers = [collector]
+        logger.propagate = False
+    try:
+        yield messages
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers = handlers
+            logger.propagate = propagate
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import GeometryWarning, IOErrorMessage, Scan, ScanMeta
+from .base import GeometryWarning, IOErrorMessage, Scan, ScanMeta, reason
 from .geometry import LPS_TO_RAS, axis_codes, origin_from_affine
 
 #: Relative deviation of a slice step from the median step that counts as non-uniform.
@@ -92,12 +92,13 @@ def _read_header(path: Path, strict: bool):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except _pydicom_errors() as forced_exc:
-            raise IOErrorMessage(f"{path}: not a readable DICOM file ({forced_exc})") from forced_exc
+            raise IOErrorMessage(f"{path}: not a readable DICOM file ({reason(forced_exc)})") from forced_exc
         if "SOPClassUID" not in header and "Rows" not in header:
-            raise IOErrorMessage(f"{path}: not a DICOM file ({exc})") from exc
+            # pydicom's own text advises its force=True, which is no option of ours
+            raise IOErrorMessage(f"{path}: not a DICOM file (no 'DICM' marker and no DICOM header)") from exc
         return header
     except _pydicom_errors() as exc:
-        raise IOErrorMessage(f"{path}: not a readable DICOM file ({exc})") from exc
+        raise IOErrorMessage(f"{path}: not a readable DICOM file ({reason(exc)})") from exc
 
 
 def series_uid(path: Path) -> str | None:
@@ -306,7 +307,7 @@ def _read_pixels(slices: list[_Slice], name: str) -> tuple[np.ndarray, bool, tup
             dataset = pydicom.dcmread(item.path, force=True)
             pixels = dataset.pixel_array
         except _pydicom_errors() + (RuntimeError, NotImplementedError) as exc:
-            raise IOErrorMessage(f"{item.path}: pixel data cannot be read, the file may be truncated ({exc})") from exc
+            raise IOErrorMessage(f"{item.path}: pixel data cannot be read, the file may be truncated ({reason(exc)})") from exc
         raw.append(pixels)
         scales.append(_rescale(dataset))
     rgb = raw[0].ndim == 3
@@ -381,7 +382,7 @@ def _build_multiframe(item: _Slice, name: str, source: Path) -> Scan:
         dataset = pydicom.dcmread(item.path, force=True)
         pixels = dataset.pixel_array
     except _pydicom_errors() + (RuntimeError, NotImplementedError) as exc:
-        raise IOErrorMessage(f"{item.path}: pixel data cannot be read ({exc})") from exc
+        raise IOErrorMessage(f"{item.path}: pixel data cannot be read ({reason(exc)})") from exc
     frames = pixels.shape[0]
     row_step, col_step = _pixel_spacing(header)
     plane = _functional(dataset, "SharedFunctionalGroupsSequence", "PlaneOrientationSequence")

@@ -9,6 +9,7 @@ their own modules; NumPy and PNG/JPEG are here.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from .base import IOErrorMessage, Scan, ScanMeta, atomic_path, format_of, is_zarr_folder
+from .base import (
+    MAX_MEMORY_VOXELS,
+    MAX_STREAM_VOXELS,
+    IndexRequired,
+    IOErrorMessage,
+    Scan,
+    ScanMeta,
+    atomic_path,
+    format_of,
+    is_zarr_folder,
+    reason,
+    size_text,
+)
+from .checks import check_scan
 from .output import (
     LabelsOutput,
     MemoryLabelsOutput,
@@ -60,8 +74,52 @@ def read_all_axes(path: str | os.PathLike) -> list[Scan]:
         raise IOErrorMessage(f"{path}: reading {kind} is not supported in this build")
     if kind != "dicom" and kind != "zarr" and path.is_dir():
         raise IOErrorMessage(f"{path} is a folder, not a {kind} file")
+    if path.is_file():
+        _check_content(path, kind)
     scans = reader(path)
-    return scans if isinstance(scans, list) else [scans]
+    scans = scans if isinstance(scans, list) else [scans]
+    return [check_scan(scan) for scan in scans]
+
+
+#: File signatures (offset, bytes) -> format name, for files named with another format's extension.
+_MAGIC = (
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"), (0, b"\xff\xd8\xff", "JPEG"), (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"), (0, b"II+\x00", "TIFF"), (0, b"MM\x00+", "TIFF"), (0, b"\x1f\x8b", "gzip"),
+    (0, b"\x93NUMPY", "NumPy .npy"), (128, b"DICM", "DICOM"), (344, b"n+1\x00", "NIfTI"),
+    (0, b"PK\x03\x04", "zip"), (0, b"BM", "BMP"),
+)
+#: What each format's files may start with (the names of :data:`_MAGIC`).
+_EXPECTED = {
+    "tiff": {"TIFF"}, "png": {"PNG", "JPEG", "BMP"}, "npy": {"NumPy .npy"},
+    "nifti": {"NIfTI", "gzip"}, "dicom": {"DICOM"},
+}
+_SUFFIX_OF = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "NumPy .npy": ".npy", "DICOM": ".dcm",
+              "NIfTI": ".nii", "BMP": ".bmp"}
+
+
+def _check_content(path: Path, kind: str) -> None:
+    """A one-line error for an empty file, or one whose first bytes are another
+    known format's (a PNG named ``.tif``), before the format's reader sees it."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise IOErrorMessage(f"{path}: cannot be read ({reason(exc)})") from exc
+    if not head:
+        raise IOErrorMessage(f"{path}: the file is empty (0 bytes)")
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        return
+    found = next((name for offset, magic, name in _MAGIC if head[offset : offset + len(magic)] == magic), None)
+    if found is None or found in expected:
+        gz = str(path).lower().endswith(".gz")
+        if kind == "nifti" and found == ("NIfTI" if gz else "gzip"):
+            raise IOErrorMessage(f"{path}: is {'not ' if gz else ''}gzip-compressed; name it "
+                                 f"{'.nii' if gz else '.nii.gz'}")
+        return
+    suffix = ".nii.gz" if str(path).lower().endswith(".nii.gz") else path.suffix
+    hint = f"; rename it to {_SUFFIX_OF[found]}" if found in _SUFFIX_OF else ""
+    raise IOErrorMessage(f"{path}: is a {found} file despite its {suffix} name{hint}")
 
 
 def read_scans(path: str | os.PathLike, index: Index = None) -> list[Scan]:
@@ -100,9 +158,8 @@ def select_index(scan: Scan, index: Index) -> Scan:
     counts = shape[: len(leading)]
     described = " x ".join(f"{n} {_AXIS_WORDS.get(a, 'volumes')}" for a, n in zip(leading, counts))
     if index is None:
-        raise IOErrorMessage(
-            f"{scan.source or scan.name} is {len(shape)}D (shape {shape}: {described}); "
-            f"pick one volume with index=N (0..{int(np.prod(counts)) - 1}; CLI --index N)"
+        raise IndexRequired(
+            f"{scan.source or scan.name} is {len(shape)}D (shape {shape}: {described})", int(np.prod(counts))
         )
     if isinstance(index, int | np.integer):
         if not 0 <= int(index) < int(np.prod(counts)):
@@ -214,6 +271,7 @@ def labels_output(
         )
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise IOErrorMessage(f"{path} already exists (pass --overwrite to replace it)")
+    _check_output_size(path, kind, shape, np.dtype(dtype))
     if kind == "zarr":
         return ZarrLabelsOutput(path, shape, meta, overwrite, dtype)
     if kind == "tiff":
@@ -229,12 +287,63 @@ def labels_output(
     return MemoryLabelsOutput(path, shape, meta, overwrite, writer, dtype)
 
 
+def _check_output_size(path: Path, kind: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, before anything is allocated or written, labels larger than the
+    output can hold: in-memory formats :data:`MAX_MEMORY_VOXELS`, streamed ones
+    :data:`MAX_STREAM_VOXELS`."""
+    voxels = int(np.prod(shape, dtype=np.float64))
+    if kind in _STREAMING:
+        if voxels > MAX_STREAM_VOXELS:
+            raise IOErrorMessage(
+                f"{path}: labels of {size_text(shape, dtype.itemsize)} are more than napari-unet writes "
+                f"({MAX_STREAM_VOXELS:.3g} voxels); crop the scan or segment part of it"
+            )
+    elif voxels > MAX_MEMORY_VOXELS:
+        raise IOErrorMessage(
+            f"{path}: labels of {size_text(shape, dtype.itemsize)} do not fit in memory as {kind} "
+            f"(at most {MAX_MEMORY_VOXELS:.3g} voxels); write .zarr or .tif, which stream plane by plane"
+        )
+
+
 # ----------------------------------------------------------------- NumPy / PNG
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, data offset) from a ``.npy`` header, ``None`` for a version
+    this check does not parse (``np.load`` then reports)."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as fh:
+        version = npy_format.read_magic(fh)
+        read = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}.get(version)
+        if read is None:
+            return None
+        shape, _, dtype = read(fh)
+        return tuple(int(s) for s in shape), np.dtype(dtype), fh.tell()
+
+
 def _read_npy(path: Path) -> Scan:
+    from .checks import check_dtype
+
+    try:
+        header = _npy_header(path)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        why = reason(exc)
+        if " object at 0x" in why or isinstance(exc, SyntaxError):  # ast's repr of the bad header
+            why = "its header is malformed"
+        raise IOErrorMessage(f"{path}: not a readable .npy array ({why})") from exc
+    if header is not None:
+        shape, dtype, offset = header
+        check_dtype(dtype, str(path))
+        need = offset + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        size = path.stat().st_size
+        if need > size:
+            raise IOErrorMessage(
+                f"{path}: .npy file is truncated ({size} bytes; its header declares "
+                f"{size_text(shape, dtype.itemsize)}, {need} bytes)"
+            )
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise IOErrorMessage(f"{path}: not a readable .npy array ({exc})") from exc
+        raise IOErrorMessage(f"{path}: not a readable .npy array ({reason(exc)})") from exc
     rgb = data.ndim in (3, 4) and data.shape[-1] in (3, 4)
     leading = "Q" * max(0, data.ndim - (4 if rgb else 3))
     return Scan(data=data, name=path.stem, rgb=rgb, source=str(path), leading_axes=leading)
@@ -247,13 +356,41 @@ def _write_npy(path: Path, labels, meta: ScanMeta, overwrite: bool) -> Path:
     return path
 
 
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, ``None`` when not a PNG."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def _read_png(path: Path) -> Scan:
+    import warnings
+
+    from PIL import Image
     from skimage.io import imread
 
     try:
-        data = imread(path)
-    except (ValueError, OSError, SyntaxError) as exc:
-        raise IOErrorMessage(f"{path}: not a readable image ({exc})") from exc
+        size = _png_size(path)
+    except OSError as exc:
+        raise IOErrorMessage(f"{path}: not a readable image ({reason(exc)})") from exc
+    if size is not None and size[0] * size[1] > MAX_MEMORY_VOXELS:
+        raise IOErrorMessage(
+            f"{path}: the PNG declares {size[0]} x {size[1]} = {size[0] * size[1]:.3g} pixels, more than "
+            f"napari-unet decodes ({MAX_MEMORY_VOXELS:.3g}); refusing it (a decompression bomb?)"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 M pixels and refuses above 179 M; either way we say it once
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            data = imread(path)
+    except Image.DecompressionBombError as exc:
+        shown = f"{size[0]} x {size[1]} pixels" if size else "too many pixels"
+        raise IOErrorMessage(f"{path}: the image declares {shown}, more than Pillow decodes safely "
+                             f"({Image.MAX_IMAGE_PIXELS * 2:.3g}); refusing it (a decompression bomb?)") from exc
+    except (ValueError, OSError, SyntaxError, EOFError, zlib.error) as exc:
+        raise IOErrorMessage(f"{path}: not a readable image ({reason(exc)})") from exc
     rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
     return Scan(data=data, name=path.stem, rgb=rgb, source=str(path))
 

@@ -19,7 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from .base import IOErrorMessage, Scan, ScanMeta, atomic_path
+from .base import (
+    MAX_MEMORY_VOXELS,
+    GeometryWarning,
+    IOErrorMessage,
+    Scan,
+    ScanMeta,
+    atomic_path,
+    quiet_loggers,
+    reason,
+    size_text,
+)
 from .geometry import affine_from_spacing, axis_codes, origin_from_affine, spacing_from_affine
 
 #: NIfTI intent codes that mean "this volume is a label map".
@@ -38,38 +48,60 @@ def _nibabel_errors() -> tuple[type[BaseException], ...]:
 
 
 def read_nifti(path: Path) -> list[Scan]:
-    """Read a NIfTI file as one :class:`Scan` in napari axis order (all axes kept)."""
+    """Read a NIfTI file as one :class:`Scan` in napari axis order (all axes kept).
+
+    The header is checked before any data is read: a shape that is empty,
+    over 5D, larger than :data:`MAX_MEMORY_VOXELS` when it must be decompressed
+    or scaled into memory, or larger than the file, is refused; a voxel size
+    that is not finite and positive becomes 1.0 with a :class:`GeometryWarning`."""
     import nibabel as nib
 
     errors = _nibabel_errors()
-    try:
-        image = nib.load(str(path))
-    except errors as exc:
-        raise IOErrorMessage(f"{path}: not a readable NIfTI file ({exc})") from exc
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise IOErrorMessage(f"{path}: not a NIfTI image ({type(image).__name__})")
-    header = image.header
-    shape = tuple(int(s) for s in image.shape)
-    if len(shape) < 2 or any(s == 0 for s in shape):
-        raise IOErrorMessage(f"{path}: NIfTI image has an unusable shape {shape}")
-    try:
-        # memmap for an uncompressed file without scaling, else read now so a
-        # truncated file fails here, not later while slicing in the viewer
-        raw = np.asanyarray(image.dataobj)
-    except errors as exc:
-        raise IOErrorMessage(f"{path}: NIfTI data cannot be read, the file may be truncated ({exc})") from exc
-    except RuntimeError as exc:  # nibabel wraps some decompression errors
-        raise IOErrorMessage(f"{path}: NIfTI data cannot be read ({exc})") from exc
+    with quiet_loggers("nibabel", "nibabel.global"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel's header repairs; we report what matters ourselves
+        try:
+            image = nib.load(str(path))
+        except errors as exc:
+            raise IOErrorMessage(f"{path}: not a readable NIfTI file ({reason(exc)})") from exc
+        if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+            raise IOErrorMessage(f"{path}: not a NIfTI image ({type(image).__name__})")
+        header = image.header
+        shape = tuple(int(s) for s in header["dim"][1 : 1 + max(0, min(7, int(header["dim"][0])))])
+        if len(shape) < 2 or any(s <= 0 for s in shape):
+            raise IOErrorMessage(f"{path}: NIfTI header declares an unusable shape {shape}")
+        if len(shape) > 5:
+            raise IOErrorMessage(f"{path}: {len(shape)}D NIfTI images are not supported (shape {shape})")
+        from .checks import check_dtype
+
+        try:
+            dtype = np.dtype(header.get_data_dtype())
+        except errors as exc:
+            raise IOErrorMessage(f"{path}: NIfTI header has no usable data type ({reason(exc)})") from exc
+        check_dtype(dtype, str(path))
+        _check_declared_size(path, header, shape, dtype)
+        try:
+            # memmap for an uncompressed file without scaling, else read now so a
+            # truncated file fails here, not later while slicing in the viewer
+            raw = np.asanyarray(image.dataobj)
+        except errors as exc:
+            raise IOErrorMessage(
+                f"{path}: NIfTI data cannot be read, the file may be truncated ({reason(exc)})"
+            ) from exc
+        except RuntimeError as exc:  # nibabel wraps some decompression errors
+            raise IOErrorMessage(f"{path}: NIfTI data cannot be read ({reason(exc)})") from exc
+        affine, note = _sane_affine(image.affine, header, path, len(shape))
+        qform, qcode = image.get_qform(coded=True)
+        sform, scode = image.get_sform(coded=True)
+        spatial_unit, _ = header.get_xyzt_units()
     spatial_ndim = min(3, len(shape))
     data = raw.transpose(tuple(range(raw.ndim))[::-1])  # (i,j,k,t,u) -> (u,t,k,j,i), a view
     leading = "CT"[-(raw.ndim - spatial_ndim) :] if raw.ndim > spatial_ndim else ""
-    if raw.ndim > 5:
-        raise IOErrorMessage(f"{path}: {raw.ndim}D NIfTI images are not supported (shape {shape})")
+    if note:
+        warnings.warn(f"{path}: {note}", GeometryWarning, stacklevel=2)
+        # the header's own transforms are unusable: labels written back get the repaired one
+        qform = affine if qform is not None and not _usable(qform) else qform
+        sform = affine if sform is not None and not _usable(sform) else sform
 
-    affine = np.asarray(image.affine, dtype=float)
-    qform, qcode = image.get_qform(coded=True)
-    sform, scode = image.get_sform(coded=True)
-    spatial_unit, _ = header.get_xyzt_units()
     extra: dict[str, Any] = {
         "format": "nifti",
         "orientation": axis_codes(affine),
@@ -90,6 +122,8 @@ def read_nifti(path: Path) -> list[Scan]:
         shape=tuple(data.shape[len(leading) :]),
         extra=extra,
     )
+    if note:
+        extra["geometry_notes"] = [note]
     is_labels = _looks_like_labels(header, raw)
     return [
         Scan(
@@ -101,6 +135,78 @@ def read_nifti(path: Path) -> list[Scan]:
             leading_axes=leading,
         )
     ]
+
+
+def _check_declared_size(path: Path, header, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a header whose data cannot be there: more than the file holds
+    (uncompressed) or more than :data:`MAX_MEMORY_VOXELS` to decompress."""
+    voxels = int(np.prod(shape, dtype=np.float64))
+    compressed = str(path).lower().endswith(".gz")
+    slope, inter = header.get_slope_inter()
+    scaled = (slope is not None and slope != 1) or (inter is not None and inter != 0)
+    if not compressed:
+        offset = int(header.get_data_offset())
+        need = offset + voxels * dtype.itemsize
+        size = path.stat().st_size
+        if need > size:
+            raise IOErrorMessage(
+                f"{path}: NIfTI file is truncated ({size} bytes; its header declares "
+                f"{size_text(shape, dtype.itemsize)}, {need} bytes)"
+            )
+    if (compressed or scaled) and voxels > MAX_MEMORY_VOXELS:
+        raise IOErrorMessage(
+            f"{path}: the NIfTI header declares {size_text(shape, dtype.itemsize)}, more than "
+            f"napari-unet decompresses into memory ({MAX_MEMORY_VOXELS:.3g} voxels)"
+        )
+
+
+def _usable(affine) -> bool:
+    """Finite, with three non-zero voxel axes."""
+    linear = np.asarray(affine, float)[:3, :3]
+    return bool(np.all(np.isfinite(affine)) and np.all(np.sqrt((linear**2).sum(axis=0)) > 0))
+
+
+def _stored_pixdim(path: Path, header) -> np.ndarray:
+    """``pixdim[1:4]`` as the file stores them: nibabel repairs zero or negative
+    ones while loading, and a repaired zero would otherwise go unnoticed."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            stored = type(header).from_fileobj(fh, check=False)
+        return np.asarray(stored["pixdim"], float)[1:4]
+    except Exception:  # noqa: BLE001 - only for the note; the loaded header is used
+        return np.asarray(header["pixdim"], float)[1:4]
+
+
+def _sane_affine(affine, header, path: Path, ndim: int) -> tuple[np.ndarray, str | None]:
+    """nibabel's affine with any voxel axis that is not finite or has zero length
+    replaced by a 1 mm step along that axis, and a non-finite origin by 0; plus
+    a note saying what was replaced (``None`` when nothing was)."""
+    affine = np.array(affine, dtype=float)
+    bad = set()
+    for axis in range(3):
+        column = affine[:3, axis]
+        if not np.all(np.isfinite(column)) or not np.linalg.norm(column) > 0:
+            bad.add(axis)
+            column[:] = 0.0
+            column[axis] = 1.0
+    pixdim = _stored_pixdim(path, header)
+    if int(header["sform_code"]) == 0:  # pixdim sets the spacing (qform or the base affine)
+        bad |= {axis for axis in range(min(3, ndim)) if not (np.isfinite(pixdim[axis]) and pixdim[axis] != 0)}
+    bad_origin = not np.all(np.isfinite(affine[:3, 3]))
+    if bad_origin:
+        affine[:3, 3] = np.where(np.isfinite(affine[:3, 3]), affine[:3, 3], 0.0)
+    affine[3] = (0.0, 0.0, 0.0, 1.0)
+    parts = []
+    if bad:
+        axes = ", ".join("ijk"[a] for a in sorted(bad))
+        shown = ", ".join(f"{v:g}" for v in pixdim[: min(3, ndim)])
+        parts.append(f"voxel spacing along {axes} is not finite and positive in the header "
+                     f"(pixdim {shown}); using 1.0 there")
+    if bad_origin:
+        parts.append("the origin is not finite; using 0 there")
+    return affine, "; ".join(parts) or None
 
 
 def _text(value) -> str:

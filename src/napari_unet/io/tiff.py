@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import IOErrorMessage, Scan, ScanMeta
+from .base import IOErrorMessage, Scan, ScanMeta, quiet_loggers, reason
 
 #: TIFFs smaller than this are read into memory; larger ones stay lazy.
 EAGER_BYTES = 256 * 2**20
@@ -29,30 +29,55 @@ _UNITS = {
 
 
 def _tiff_errors() -> tuple[type[BaseException], ...]:
+    import struct
+    import zlib
+
     import tifffile
 
-    return (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError, MemoryError)
+    # codecs raise zlib.error / RuntimeError (imagecodecs) on a damaged compressed page
+    return (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError, EOFError, MemoryError,
+            zlib.error, RuntimeError, struct.error)
+
+
+#: tifffile log messages that mean pages of the file were lost (it reads on without them).
+_LOST_PAGES = (
+    "invalid page offset", "invalid offset to first page", "corrupted tag list", "invalid next page",
+    "missing data are zeroed", "bytes, got",
+)
 
 
 def read_tiff(path: Path) -> list[Scan]:
     """Read the first series of a TIFF as one :class:`Scan` (lazily when large)."""
     import tifffile
 
+    from .checks import check_dtype
+
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_loggers("tifffile") as logged, tifffile.TiffFile(path) as tif:
+            if not len(tif.pages):
+                raise IOErrorMessage(f"{path}: TIFF has no images" + _lost(logged))
             series = tif.series[0]
             axes = series.axes.upper()
             shape = tuple(int(s) for s in series.shape)
+            lost = _lost(logged)
+            if lost:
+                raise IOErrorMessage(f"{path}: TIFF is truncated or damaged, pages are missing{lost}")
+            check_dtype(series.dtype, str(path))
             _check_complete(tif, path)
             spacing_xyz, units = _tiff_spacing(tif)
             contiguous = series.dataoffset is not None
-            nbytes = int(np.prod(shape)) * np.dtype(series.dtype).itemsize
+            nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(series.dtype).itemsize
             if not contiguous and nbytes <= EAGER_BYTES:
                 data = series.asarray()
+                lost = _lost(logged)
+                if lost:
+                    raise IOErrorMessage(f"{path}: TIFF image data cannot be decoded{lost}")
             else:
                 data = None
+    except IOErrorMessage:
+        raise
     except _tiff_errors() as exc:
-        raise IOErrorMessage(f"{path}: not a readable TIFF ({exc})") from exc
+        raise IOErrorMessage(f"{path}: not a readable TIFF ({reason(exc)})") from exc
     if data is None:
         data = _lazy_tiff(path, contiguous)
     order, leading, rgb = _axis_order(axes, tuple(data.shape))
@@ -72,6 +97,15 @@ def read_tiff(path: Path) -> list[Scan]:
     return [Scan(data=data, meta=meta, name=_stem(path), rgb=rgb, source=str(path), leading_axes=leading)]
 
 
+def _lost(messages: list[str]) -> str:
+    """`` (tifffile: ...)`` for the first log message saying pages or data were lost, else ``""``."""
+    for message in messages:
+        text = message.lower()
+        if any(key in text for key in _LOST_PAGES):
+            return f" (tifffile: {message.split('> ', 1)[-1]})"
+    return ""
+
+
 def _check_complete(tif, path: Path) -> None:
     """Fail early on a truncated file: the last page's data must lie inside it."""
     size = os.path.getsize(path)
@@ -86,18 +120,25 @@ def _check_complete(tif, path: Path) -> None:
 
 
 def _lazy_tiff(path: Path, contiguous: bool):
-    import tifffile
-
     try:
-        if contiguous:
-            return tifffile.memmap(path, mode="r")
-        import dask.array as da
-        import zarr
-
-        store = tifffile.imread(path, aszarr=True)
-        return da.from_zarr(zarr.open(store, mode="r"))
+        with quiet_loggers("tifffile"):
+            return _open_lazy(path, contiguous)
+    except IOErrorMessage:
+        raise
     except _tiff_errors() as exc:
-        raise IOErrorMessage(f"{path}: TIFF data cannot be mapped ({exc})") from exc
+        raise IOErrorMessage(f"{path}: TIFF data cannot be mapped ({reason(exc)})") from exc
+
+
+def _open_lazy(path: Path, contiguous: bool):
+    import tifffile
+    import zarr
+
+    from .checks import lazy_array
+
+    if contiguous:
+        return tifffile.memmap(path, mode="r")
+    store = tifffile.imread(path, aszarr=True)
+    return lazy_array(zarr.open(store, mode="r"), str(path))
 
 
 def _axis_order(axes: str, shape: tuple[int, ...]) -> tuple[list[int], str, bool]:

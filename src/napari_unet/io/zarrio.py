@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import IOErrorMessage, Scan, ScanMeta
+from .base import IOErrorMessage, Scan, ScanMeta, reason
+from .checks import lazy_array
 
 #: OME-NGFF unit names <-> the short names used in :class:`ScanMeta`.
 OME_UNITS = {"mm": "millimeter", "um": "micrometer", "nm": "nanometer", "cm": "centimeter", "m": "meter"}
@@ -35,13 +36,12 @@ def _zarr_errors() -> tuple[type[BaseException], ...]:
 
 def read_zarr(path: Path) -> list[Scan]:
     """Read a zarr array, a group with one array, or an OME-Zarr image (level 0 + pyramid)."""
-    import dask.array as da
     import zarr
 
     try:
         node = zarr.open(str(path), mode="r")
     except _zarr_errors() as exc:
-        raise IOErrorMessage(f"{path}: not a readable zarr store ({exc})") from exc
+        raise IOErrorMessage(f"{path}: not a readable zarr store ({reason(exc)})") from exc
     attrs = dict(node.attrs)
     ours = attrs.get(ATTRS_KEY) or {}
     if isinstance(node, zarr.Array):
@@ -60,7 +60,7 @@ def read_zarr(path: Path) -> list[Scan]:
                 )
             array, transforms, axes, pyramid = node[arrays[0]], {}, None, []
         ours = ours or dict(array.attrs).get(ATTRS_KEY) or {}
-    data = da.from_zarr(array)
+    data = lazy_array(array, str(path))
     ndim = data.ndim
     names = _axis_names(axes, ndim)
     spatial_ndim = sum(1 for n in names if n in "ZYX")
@@ -100,15 +100,13 @@ def read_zarr(path: Path) -> list[Scan]:
 
 
 def _multiscale(group, multiscale: dict, path: Path):
-    import dask.array as da
-
     datasets = multiscale.get("datasets") or []
     if not datasets:
         raise IOErrorMessage(f"{path}: OME-Zarr multiscales lists no datasets")
     try:
         levels = [group[d["path"]] for d in datasets]
     except _zarr_errors() as exc:
-        raise IOErrorMessage(f"{path}: OME-Zarr level is missing ({exc})") from exc
+        raise IOErrorMessage(f"{path}: OME-Zarr level is missing ({reason(exc)})") from exc
     transforms = _transforms(datasets[0].get("coordinateTransformations"))
     shared = _transforms(multiscale.get("coordinateTransformations"))
     if shared.get("scale") and transforms.get("scale"):
@@ -117,7 +115,7 @@ def _multiscale(group, multiscale: dict, path: Path):
         base = transforms.get("translation") or [0.0] * len(shared["translation"])
         factor = shared.get("scale") or [1.0] * len(base)
         transforms["translation"] = [t * f + s for t, f, s in zip(base, factor, shared["translation"])]
-    pyramid = [da.from_zarr(level) for level in levels[1:]]
+    pyramid = [lazy_array(level, str(path)) for level in levels[1:]]
     return levels[0], transforms, multiscale.get("axes"), pyramid
 
 
