@@ -32,6 +32,21 @@ def predict(image, model=None, **kwargs):
     return _predict(image, model, **kwargs)
 
 
+__all__ += ["predict_batch"]
+
+
+def predict_batch(paths, out_dir, model=None, client=None, format="nii.gz", overwrite=False, workers=None,
+                  **kwargs):
+    """Segment many scans (files, folders, globs) on a Dask cluster into
+    ``out_dir/<stem>_labels.<format>``, skipping outputs that exist, and write
+    ``out_dir/batch_summary.csv``; returns one row dict per scan. See
+    :func:`napari_unet.batch.predict_batch`."""
+    from .batch import predict_batch as _predict_batch
+
+    return _predict_batch(paths, out_dir, model=model, client=client, format=format, overwrite=overwrite,
+                          workers=workers, **kwargs)
+
+
 __all__ += ["finetune", "finetune_iter"]
 
 

@@ -11,10 +11,10 @@ import argparse
 import importlib
 import sys
 
-from .common import CLIError
+from .common import CLIError, advice, one_line_warnings, subcommand_parser
 
 #: Sub-command modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("predict", "train", "finetune", "view")
+SUBCOMMANDS = ("predict", "batch", "train", "finetune", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="napari-unet",
-        description="U-Net segmentation of medical scans: predict, train, fine-tune, view.",
+        description="U-Net segmentation of medical scans: predict, batch, train, fine-tune, view.",
     )
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    command = subcommand_parser(parser, args.command)
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings(f"napari-unet {args.command}"):
+            return int(args.func(args) or 0)
     except CLIError as exc:
-        print(f"napari-unet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"napari-unet {args.command}: error: {advice(exc, command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted; nothing was written", file=sys.stderr)

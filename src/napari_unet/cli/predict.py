@@ -12,7 +12,6 @@ from .common import (
     check_device,
     check_output,
     load_model_or_fail,
-    read_image,
 )
 
 
@@ -28,20 +27,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("input", help="image file (or DICOM folder / .zarr)")
     p.add_argument("-o", "--output", required=True, help="label image to write (.tif, .npy, .png, .nii.gz, .zarr)")
-    p.add_argument("--model", default=None, help="model folder or bundled model name (default: the bundled model)")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default: auto)")
-    p.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default: 512)")
-    p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction (default: 0.125)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default: 4)")
-    p.add_argument(
-        "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-        help="numeric precision (default: auto = float16 on GPUs, bfloat16 on CPUs with native support, else float32)",
-    )
-    p.add_argument(
-        "--zoom", type=float, default=1.0,
-        help="resample each slice by this factor before the model and back after (e.g. 0.5 when "
-        "structures are twice as large as the model expects); default 1",
-    )
+    add_model_options(p)
     p.add_argument(
         "--index", type=int, default=None,
         help="for 4D/5D inputs: which time point / channel volume to segment (0-based)",
@@ -57,25 +43,41 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from napari_unet.core.predict import (
-        PredictOptions,
-        image_layout,
-        predict_iter,
-        run_to_end,
-        spatial_shape,
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model, --device and the tiling options (shared with ``napari-unet batch``)."""
+    p.add_argument("--model", default=None, help="model folder or bundled model name (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default: auto)")
+    p.add_argument("--tile", type=int, default=512, help="tile edge in pixels (default: 512)")
+    p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction (default: 0.125)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default: 4)")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+        help="numeric precision (default: auto = float16 on GPUs, bfloat16 on CPUs with native support, else float32)",
     )
-    from napari_unet.io import IOErrorMessage, labels_output
+    p.add_argument(
+        "--zoom", type=float, default=1.0,
+        help="resample each slice by this factor before the model and back after (e.g. 0.5 when "
+        "structures are twice as large as the model expects); default 1",
+    )
+
+
+def prediction_options(args: argparse.Namespace):
+    """The :class:`~napari_unet.core.predict.PredictOptions` of :func:`add_model_options`'s flags."""
+    from napari_unet.core.predict import PredictOptions
 
     try:
-        options = PredictOptions(
+        return PredictOptions(
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
             precision=args.precision, zoom=args.zoom,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_unet.batch import ScanError, open_scan, segment_scan
+
+    options = prediction_options(args)
     output = check_output(args.output, args.overwrite)
     uncertainty_path = None
     if args.uncertainty is not None:
@@ -85,43 +87,23 @@ def run(args: argparse.Namespace) -> int:
         if uncertainty_path.suffix.lower() in (".png", ".jpg", ".jpeg"):
             raise CLIError(f"{args.uncertainty}: the uncertainty map is float32; write it as .tif, .nii.gz, .npy or .zarr")
     check_device(args.device)
-    scan = read_image(args.input, index=args.index)
     try:
-        layout = image_layout(tuple(scan.data.shape), rgb=scan.rgb if scan.rgb else None)
-    except ValueError as exc:
-        raise CLIError(f"{args.input}: {exc}") from exc
+        scan, layout = open_scan(args.input, index=args.index)
+    except ScanError as exc:
+        raise CLIError(str(exc)) from exc
     model = load_model_or_fail(args.model, device="cpu")
-    spatial = spatial_shape(tuple(scan.data.shape), layout)
-    try:
-        sink = labels_output(output, spatial, like=scan, overwrite=args.overwrite)
-    except IOErrorMessage as exc:
-        raise CLIError(str(exc)) from exc
-    sinks = [sink]
-    if uncertainty_path is not None:
-        try:
-            sinks.append(labels_output(uncertainty_path, spatial, like=scan, overwrite=args.overwrite,
-                                       dtype=np.float32))
-        except IOErrorMessage as exc:
-            sink.abort()
-            raise CLIError(str(exc)) from exc
     bar = ProgressBar("predict", delay=0.0 if not args.quiet else 1e9)
-    generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"), out=sink.array,
-                             uncertainty_out=sinks[1].array if len(sinks) > 1 else None)
     try:
-        result = run_to_end(generator, lambda event: bar.update(event.done, event.total))
-        bar.close()
-        for each in sinks:
-            each.commit()
-    except (ValueError, IOErrorMessage) as exc:
-        for each in sinks:
-            each.abort()
+        written = segment_scan(
+            scan, layout, model, output, options, overwrite=args.overwrite, uncertainty=uncertainty_path,
+            progress=lambda event: bar.update(event.done, event.total),
+        )
+    except ScanError as exc:
         raise CLIError(str(exc)) from exc
-    except BaseException:
-        for each in sinks:
-            each.abort()
-        raise
+    bar.close()
+    result, spatial = written.prediction, written.shape
     if not args.quiet:
-        voxels = sink.label_counts()  # counted while writing: no second pass over a big volume
+        voxels = written.counts  # counted while writing: no second pass over a big volume
         counts = {c.name: int(voxels.get(c.id, 0)) for c in model.config.classes if c.id}
         found = ", ".join(f"{name} {n} px" for name, n in counts.items())
         print(
