@@ -169,6 +169,7 @@ def _git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    simulator_commit = _git_commit()  # at the start: the code this stage trains on
     threads = ThreadChooser(args.threads)
     checkpoint_dir = args.work / "checkpoint"
     state_file = args.work / "state.json"
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = {
         "stage": len(stages) + 1,
         "command": "python scripts/train_bundled.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "simulator_commit": _git_commit(),
+        "simulator_commit": simulator_commit,
         "start_step": start_step,
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
