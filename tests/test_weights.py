@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 import shutil
 
@@ -305,3 +306,25 @@ def test_overwrite_refuses_a_file_and_keeps_other_files(tiny_model, tmp_path):
     assert (folder / "README.md").read_text() == "notes"
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg[weights.WEIGHTS_HASH_KEY] == sha256_of(folder / "weights.safetensors")
+
+
+def test_listing_models_does_not_import_torch(tiny_model, tmp_path):
+    """The widgets list models on the GUI thread (the model combobox): reading
+    the registry and the saved versions' configs must never import torch,
+    which takes seconds and would freeze the window."""
+    import subprocess
+    import sys
+
+    from napari_unet.core.versions import ModelStore
+
+    ModelStore(tmp_path / "models").add_version(tiny_model, name="mine")
+    code = (
+        "import sys\n"
+        "from napari_unet.widgets._common import ModelSelection\n"
+        "labels = [label for label, _ in ModelSelection().choices()]\n"
+        "assert any('mine' in label or 'v0001' in label for label in labels), labels\n"
+        "assert 'torch' not in sys.modules, 'listing models imported torch'\n"
+    )
+    env = {**os.environ, "NAPARI_UNET_MODELS_DIR": str(tmp_path / "models")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -17,14 +17,17 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
-from .model import UNet
+
+# torch (and the U-Net built on it) load only when a model is built, loaded or
+# saved: listing models (the registry, folder configs) must not import torch,
+# which takes seconds and would freeze the GUI thread that lists them.
+if TYPE_CHECKING:
+    import torch
+
+    from .model import UNet
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -62,9 +65,20 @@ class SegmentationModel:
 
 def new_model(config: ModelConfig, seed: int | None = None) -> SegmentationModel:
     """A freshly initialised model for ``config``."""
+    import torch
+
+    from .model import UNet
+
     if seed is not None:
         torch.manual_seed(seed)
     return SegmentationModel(config=config, net=UNet(config.architecture), source="new")
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, imported (with torch) on the first save."""
+    from safetensors.torch import save_file as _save_file
+
+    _save_file(tensors, filename, metadata=metadata)
 
 
 def sha256_of(path: Path) -> str:
@@ -166,6 +180,11 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
         pickles = [p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
         hint = f" (found {', '.join(pickles)}: pickles are refused)" if pickles else ""
         raise ModelError(f"{folder} has no {WEIGHTS_FILE}{hint}")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import UNet
+
     try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

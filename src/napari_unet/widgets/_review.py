@@ -135,6 +135,7 @@ class ReviewNext(Container):
         from qtpy.QtWidgets import QListWidget
 
         super().__init__(labels=False)
+        self.margins = (0, 0, 0, 0)
         self._viewer = viewer
         self._layer: Any = None
         self._tracker: Any = None
@@ -146,6 +147,7 @@ class ReviewNext(Container):
         self._role = Qt.ItemDataRole.UserRole
         self.list.itemClicked.connect(lambda item: self.jump(int(item.data(self._role))))
         self.entries: list[tuple[int, float]] = []
+        self.visible = False  # until there is a layer to rank
 
     def set_layer(self, layer: Any) -> None:
         """Follow ``layer`` (a result Labels layer, or None): its scores and its trusted slices."""
@@ -176,6 +178,7 @@ class ReviewNext(Container):
             self.entries = review_entries(scores, self._tracker.trusted_slices())
             text = "Review next (most uncertain first):" if self.entries else "Review next: every scored slice is reviewed"
         self.title.value = text
+        self.visible = bool(text)  # no empty rows in the dock
         self.list.clear()
         for z, score in self.entries:
             item = QListWidgetItem(f"slice {z} — {score:.3f}")

@@ -48,6 +48,7 @@ from ._common import (
     synchronous,
 )
 from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary, warm_up
+from ._gate import GateMixin
 from ._review import ReviewNext, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
 from .corrections import (
@@ -87,7 +88,7 @@ def _layer_zoom(layer: Any) -> float:
 
 
 # ------------------------------------------------------------------ widget
-class FinetuneWidget(VersionsMixin, Container):
+class FinetuneWidget(GateMixin, VersionsMixin, Container):
     """Dock widget: fine-tune the model on the corrections of a result layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -112,11 +113,13 @@ class FinetuneWidget(VersionsMixin, Container):
         self.model = ComboBox(label="start from", choices=self._model_choices)
         self.budget = FloatSpinBox(label="time budget (s)", value=60.0, min=5.0, max=3600.0, step=5.0)
         self.lr_preset = ComboBox(label="learning rate", choices=list(LR_PRESETS), value="default")
-        self.show_advanced = CheckBox(text="advanced", value=False)
-        self.steps = SpinBox(label="max steps (0 = budget)", value=0, min=0, max=1_000_000)
+        self.steps = SpinBox(
+            label="max steps", value=0, min=0, max=1_000_000, tooltip="0: as many as the time budget allows"
+        )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
-        self.advanced = Container(widgets=[self.steps, self.device, self.seed], visible=False)
+        self.advanced = Container(widgets=[self.steps, self.device, self.seed])
+        self.advanced.margins = (0, 0, 0, 0)
 
         self.review_button = PushButton(text="Mark slice reviewed (Shift-R)")
         self.show_trusted_box = CheckBox(text="show trusted pixels", value=False)
@@ -140,31 +143,45 @@ class FinetuneWidget(VersionsMixin, Container):
         self.rename_button = PushButton(text="Rename")
         self.export_button = PushButton(text="Export…")
         self.import_button = PushButton(text="Import folder…")
-        version_row = Container(
-            widgets=[self.rollback_button, self.export_button, self.import_button], layout="horizontal", labels=False
-        )
+        version_row = Container(widgets=[self.rollback_button, self.export_button], layout="horizontal", labels=False)
+        version_row.margins = (0, 0, 0, 0)
         rename_row = Container(widgets=[self.new_name, self.rename_button], layout="horizontal")
         run_row = Container(widgets=[self.finetune_button, self.cancel_button], layout="horizontal", labels=False)
-        gate_row = Container(widgets=[self.use_new_button, self.keep_old_button], layout="horizontal", labels=False)
-        review_row = Container(widgets=[self.review_button, self.show_trusted_box], layout="horizontal", labels=False)
+        self.gate_row = Container(
+            widgets=[self.use_new_button, self.keep_old_button], layout="horizontal", labels=False, visible=False
+        )
 
+        from ._layout import compact_combos, hide_when_empty, make_scrollable, section
         from .plot import TrainingPlot
 
         self.plot = TrainingPlot(budget=float(self.budget.value))
         self.extend(
             [
-                self.image, self.labels_layer, review_row, self.trusted_status, self.review_next,
-                self.model, self.budget, self.lr_preset, self.show_advanced, self.advanced,
+                self.image, self.labels_layer, self.review_button, self.show_trusted_box, self.trusted_status,
+                self.review_next, self.model, self.budget, self.lr_preset,
                 run_row, self.add_class_button, self.progress, self.status,
+                self.gate_status, self.gate_row, self.summary,
             ]
         )
-        self.native.layout().addWidget(self.plot.widget)
-        self.extend([self.gate_status, gate_row, self.summary, self.versions, version_row, rename_row])
+        # the rarely used parts fold away, so the dock fits a laptop screen beside the image
+        self.plot_section = section("Training plot", [self.plot.widget])
+        self.plot_section.toggled.connect(lambda expanded: expanded and self.plot.shown())
+        self.versions_section = section("Versions", [self.versions, version_row, self.import_button, rename_row])
+        self.advanced_section = section("Advanced", [self.advanced])
+        layout = self.native.layout()
+        for box in (self.plot_section, self.versions_section, self.advanced_section):
+            layout.addWidget(box)
         for widget in (self.status, self.summary, self.gate_status, self.trusted_status):
             widget.native.setWordWrap(True)
+        for row in (run_row, self.gate_row):
+            row.margins = (0, 0, 0, 0)
+        for widget in (self.status, self.summary):  # an empty message takes no row
+            hide_when_empty(widget)
+        compact_combos(self.image, self.labels_layer, self.model, self.lr_preset, self.versions)
+        self.margins = (4, 4, 4, 4)
+        make_scrollable(self)
 
         self.budget.changed.connect(lambda v: self.plot.set_budget(float(v)))
-        self.show_advanced.changed.connect(lambda v: setattr(self.advanced, "visible", bool(v)))
         self.image.changed.connect(self._on_image_choice)
         self.labels_layer.changed.connect(self._on_labels_choice)
         self.model.changed.connect(self._on_model_choice)
@@ -490,46 +507,6 @@ class FinetuneWidget(VersionsMixin, Container):
                 f"The fine-tuned version is worse than the previous one on the same trusted pixels "
                 f"(val. Dice {_fmt(after)} vs {_fmt(before)}); it was saved but not used. Choose in the widget."
             )
-
-    # ----------------------------------------------------- regression gate
-    @staticmethod
-    def _promoted(decision: Any) -> bool:
-        if decision is None:
-            return True
-        return bool(decision.promoted)
-
-    @staticmethod
-    def _gate_numbers(outcome: FinetuneOutcome) -> tuple[float | None, float | None]:
-        decision, result = outcome.decision, outcome.result
-        before = getattr(decision, "val_dice_previous", None)
-        after = getattr(decision, "val_dice_candidate", None)
-        if before is None:
-            before = getattr(result, "val_dice_before", None)
-        if after is None:
-            after = getattr(result, "val_dice_after", None)
-        return before, after
-
-    def _show_gate(self, visible: bool) -> None:
-        for widget in (self.gate_status, self.use_new_button, self.keep_old_button):
-            widget.visible = visible
-
-    def use_candidate(self, *_: Any) -> None:
-        """Use the version the regression gate held back, as the user chose."""
-        if self._pending is None:
-            return
-        outcome, self._pending = self._pending, None
-        self._show_gate(False)
-        self.store.rollback(outcome.version.id)
-        self._apply(outcome)
-
-    def keep_previous(self, *_: Any) -> None:
-        """Keep the previous model and the labels as they are."""
-        if self._pending is None:
-            return
-        name = self._pending.version.id
-        self._pending = None
-        self._show_gate(False)
-        self.status.value = f"kept the previous model; '{name}' stays in the version list"
 
     # --------------------------------------------------------- applying
     def _apply(self, outcome: FinetuneOutcome) -> None:

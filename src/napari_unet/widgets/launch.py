@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PLUGIN = "napari-unet"
+LEFT_MIN_WIDTH = 245
 
 
 def dock_plugin_widget(viewer, widget_name: str):
@@ -50,7 +51,48 @@ def open_viewer(file: str | None = None, sample: str = "retina", viewer=None):
         viewer.open_sample(PLUGIN, sample)
     dock_plugin_widget(viewer, "Segment")
     dock_plugin_widget(viewer, "Fine-tune")
+    fit_docks(viewer)
     return viewer
+
+
+def _clamp(value: float, low: int, high: int) -> int:
+    return int(min(max(value, low), high))
+
+
+def fit_docks(viewer) -> None:
+    """Size the docks so the image gets most of the window, also on a 1280x800 laptop.
+
+    napari's layer docks on the left and the plugin's on the right get about a
+    fifth and a quarter of the width (the canvas keeps more than half); the
+    Segment dock is as tall as its fields and Fine-tune gets the rest, which
+    scrolls when the screen is shorter than its fields. Qt keeps every dock at
+    least as wide as its fields need.
+    """
+    from napari.plugins import menu_item_template
+    from npe2 import PluginManager
+    from qtpy.QtCore import Qt
+    window = viewer.window
+    main = window._qt_window
+    display_name = PluginManager.instance().get_manifest(PLUGIN).display_name
+    ours = [window._wrapped_dock_widgets.get(menu_item_template.format(display_name, n)) for n in ("Segment", "Fine-tune")]
+    ours = [dock for dock in ours if dock is not None]
+    left = window._qt_viewer.dockLayerControls
+    # napari's layer controls ask for 320 px; their sliders and combos work in
+    # less (the layer list's buttons need 244)
+    for dock in (left, window._qt_viewer.dockLayerList):
+        dock.setMinimumWidth(LEFT_MIN_WIDTH)
+        dock.widget().setMinimumWidth(LEFT_MIN_WIDTH)
+    width = main.width()
+    docks, widths = [left], [_clamp(0.18 * width, LEFT_MIN_WIDTH, 300)]
+    if ours:
+        docks.append(ours[0])
+        widths.append(_clamp(0.22 * width, 290, 420))
+    main.resizeDocks(docks, widths, Qt.Orientation.Horizontal)
+    if len(ours) == 2:
+        segment = ours[0]
+        title = segment.titleBarWidget().sizeHint().height() if segment.titleBarWidget() else 0
+        wanted = segment.widget().sizeHint().height() + title + 16
+        main.resizeDocks(ours, [wanted, max(main.height() - wanted, 100)], Qt.Orientation.Vertical)
 
 
 def launch(file: str | None = None, sample: str = "retina", screenshot: str | None = None) -> int:

@@ -29,11 +29,11 @@ class TrainingPlot:
         from matplotlib.figure import Figure
 
         self.min_interval = min_interval
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=90)
-        self.figure.subplots_adjust(left=0.17, right=0.83, bottom=0.22, top=0.95)
+        self.figure = Figure(figsize=(3.2, 1.6), dpi=90)
+        self.figure.subplots_adjust(left=0.19, right=0.81, bottom=0.26, top=0.95)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.canvas.setFixedHeight(180)
+        self.canvas.setFixedHeight(140)  # compact: it sits in a folding section of a narrow dock
         self.loss_axes = self.figure.add_subplot(111)
         self.dice_axes = self.loss_axes.twinx()
         self.loss_axes.set_xlabel("seconds", fontsize=8)
@@ -69,7 +69,8 @@ class TrainingPlot:
         if self.loss_axes.get_xlim() != (0.0, limit):
             self.loss_axes.set_xlim(0.0, limit)
             self._background = None
-            self.canvas.draw_idle()
+            if self.on_screen():
+                self.canvas.draw_idle()
 
     def clear(self) -> None:
         """Forget all points (a new run starts)."""
@@ -94,15 +95,26 @@ class TrainingPlot:
         self._loss_line.set_data(self.times, self.losses)
         self._dice_line.set_data(self.dice_times, self.dices)
         self._last_update = time.perf_counter()
-        if self._background is None or not self.canvas.isVisible():
-            if force or self._background is None:
-                self.canvas.draw_idle()
+        if not self.on_screen():  # folded away: draw when shown (see :meth:`shown`)
+            self._background = None
+            return
+        if self._background is None:
+            self.canvas.draw_idle()
             return
         self.canvas.restore_region(self._background)
         self.loss_axes.draw_artist(self._loss_line)
         self.dice_axes.draw_artist(self._dice_line)
         self.canvas.blit(self.figure.bbox)
         self.blits += 1
+
+    def on_screen(self) -> bool:
+        """Whether any of the plot can be seen (not hidden, not in a folded section)."""
+        return self.canvas.isVisible() and not self.canvas.visibleRegion().isEmpty()
+
+    def shown(self, *_: Any) -> None:
+        """The plot came into view (its section unfolded): draw it in full."""
+        self._background = None
+        self.canvas.draw_idle()
 
     def _on_draw(self, _event: Any) -> None:
         """After a full draw: cache the empty axes, then draw the lines on them."""

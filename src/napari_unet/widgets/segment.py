@@ -134,6 +134,10 @@ def segment_job(
     ``(model_config, labels, plane, source, uncertainty map or None, slice scores or None)``.
     """
     with heavy_imports():
+        # pandas for the result layer's class features: imported here, as an import
+        # on the GUI thread (in ``_on_result``) would freeze the window for ~1 s
+        import pandas  # noqa: F401
+
         from napari_unet.core.normalize import intensity_ranges
         from napari_unet.core.predict import PredictOptions, predict_iter
         from napari_unet.core.weights import load_model
@@ -188,11 +192,17 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
+        run_row = Container(widgets=[self.segment_button, self.cancel_button], layout="horizontal", labels=False)
+        run_row.margins = (0, 0, 0, 0)
         self.extend(
             [self.image, self.model, self.model_folder, self.device, self.zoom, self.scope, self.show_uncertainty,
-             self.segment_button, self.cancel_button, self.progress, self.status]
+             run_row, self.progress, self.status]
         )
         self.status.native.setWordWrap(True)
+        from ._layout import compact_combos
+
+        compact_combos(self.image, self.model, self.device)
+        self.margins = (4, 4, 4, 4)
         self.model.changed.connect(self._on_model_choice)
         self._selection.changed.connect(self._on_selection_changed)
         self.segment_button.changed.connect(self.segment)

@@ -1,0 +1,90 @@
+"""Layout helpers that keep the docks small enough for a 1280x800 laptop screen.
+
+The canvas should get most of the window: the docks are as narrow as their
+fields allow, the rarely used parts fold away (:func:`section`) and a dock
+that is taller than the screen scrolls (:func:`make_scrollable`) instead of
+stretching the window past the screen's bottom edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["compact_combos", "hide_when_empty", "make_scrollable", "section"]
+
+# A combobox as wide as its longest entry ("v0003: liver CT, 2nd round (yours,
+# current)") would widen the whole dock; this many characters show, the rest elide.
+COMBO_CHARACTERS = 8
+
+
+def section(title: str, widgets: list[Any], expanded: bool = False) -> Any:
+    """A collapsible section (superqt's ``QCollapsible``) holding magicgui ``widgets``
+    (or Qt widgets) in a labelled column; folded unless ``expanded``."""
+    from magicgui.widgets import Container
+    from superqt import QCollapsible
+
+    body = Container(labels=True)
+    for widget in widgets:
+        if hasattr(widget, "native"):
+            body.append(widget)
+        else:
+            body.native.layout().addWidget(widget)
+    body.margins = (0, 0, 0, 0)
+    box = QCollapsible(title)
+    box.layout().setContentsMargins(0, 0, 0, 0)  # folded, a section is one header line
+    box.layout().setSpacing(0)
+    box.setDuration(0)  # no animation: it repaints the canvas next to it for ~0.3 s
+    box.addWidget(body.native)
+    box._magic_body = body  # keep the magicgui wrapper alive with the Qt widget
+    if expanded:
+        box.expand(animate=False)
+    else:
+        box.collapse(animate=False)
+    return box
+
+
+def hide_when_empty(label: Any) -> None:
+    """Hide a magicgui Label while its text is empty (an empty row still takes height)."""
+    label.visible = bool(label.value)
+    label.changed.connect(lambda value: setattr(label, "visible", bool(value)))
+
+
+def compact_combos(*combos: Any) -> None:
+    """Let magicgui ComboBoxes shrink below their longest entry (it is elided)."""
+    from qtpy.QtWidgets import QComboBox, QSizePolicy
+
+    for combo in combos:
+        native = getattr(combo, "native", combo)
+        if isinstance(native, QComboBox):
+            native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            native.setMinimumContentsLength(COMBO_CHARACTERS)
+            native.setSizePolicy(QSizePolicy.Policy.Expanding, native.sizePolicy().verticalPolicy())
+
+
+def make_scrollable(container: Any) -> Any:
+    """Move the contents of magicgui ``container`` into a vertical scroll area inside it.
+
+    napari docks ``container.native``; whatever the Qt layout holds moves to an
+    inner widget of a ``QScrollArea`` (magicgui keeps adding to the same layout),
+    so a dock shorter than its fields scrolls instead of forcing the window taller.
+    Returns the scroll area.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    outer = container.native
+    layout = outer.layout()
+    layout.addStretch(1)  # the fields stay at the top of a tall dock
+    inner = QWidget()
+    inner.setLayout(layout)  # takes the layout (and its widgets) from ``outer``
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    scroll.setWidget(inner)
+    scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+    box = QVBoxLayout(outer)
+    box.setContentsMargins(0, 0, 0, 0)
+    box.addWidget(scroll)
+    return scroll
