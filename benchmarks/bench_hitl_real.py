@@ -26,10 +26,11 @@ Usage::
     python benchmarks/bench_hitl_real.py --ks 3 10 --no-scratch --strategy both --curve docs/images/strategies.png
 
 ``--strategy suggested`` (the annotate-next issue): rounds of predict ->
-correct the most uncertain unreviewed pool slices (mean normalised entropy,
-:mod:`napari_unet.core.uncertainty`) -> fine-tune from the last round's
-model, with the same seconds per round; k=3 is rounds of 1+2 slices, k=10
-of 1+3+6.
+correct the most uncertain unreviewed pool slices (the predictor's slice
+score, :mod:`napari_unet.core.uncertainty`) -> fine-tune from the last
+round's model, with the same seconds per round; k=3 is rounds of 1+2
+slices, k=10 of 1+3+6. The first slice is the user's (where they see the
+lesion: the even k=1 slice) unless ``--first list``.
 
 MONAI is needed only for the scratch anchor (``make bench`` installs it;
 ``--no-scratch`` runs without). The scans are read from ``--data`` (default
@@ -240,18 +241,26 @@ def pool_scores(model, volume: np.ndarray, median: int) -> np.ndarray:
 def run_case_suggested(name: str, args, base) -> dict:
     """The ``suggested`` strategy: rounds of predict -> correct the most
     uncertain unreviewed pool slices -> fine-tune (from the last round's
-    model, as a user continues with their model), the same seconds per round."""
+    model, as a user continues with their model), the same seconds per round.
+
+    With ``--first user`` (the default) the first round's slice is the one
+    the user picks, where they see the lesion (the ``even`` k=1 slice), and
+    the list suggests the rest; ``--first list`` takes that one from the list
+    too (the zero-shot model's doubt, on scans it does not know)."""
     from napari_unet.core.finetune import finetune
     from napari_unet.core.uncertainty import review_order
 
     volume, truth, _ = load_case(args.data, name)
     median, _ = split(truth)
     rows = []
-    for k in [k for k in args.ks if k > 0]:
+    for k in [k for k in args.ks if k > 1 or (k == 1 and args.first == "list")]:
         model, reviewed, rounds, start = base, [], [], time.perf_counter()
-        for size in rounds_for(k):
-            scores = pool_scores(model, volume, median)
-            picked = [z for z, _ in review_order(scores, reviewed, top=size)]
+        for i, size in enumerate(rounds_for(k)):
+            if i == 0 and args.first == "user":
+                picked = choose_slices(size, median, split(truth)[1])
+            else:
+                scores = pool_scores(model, volume, median)
+                picked = [z for z, _ in review_order(scores, reviewed, top=size)]
             reviewed += picked
             mask = np.zeros(truth.shape, bool)
             mask[reviewed] = True
@@ -383,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=("even", "suggested", "both"), default="even",
                         help="which slices are corrected: even (spread over the pool's tumour slices), "
                              "suggested (rounds on the most uncertain pool slices), or both")
+    parser.add_argument("--first", choices=("user", "list"), default="user",
+                        help="suggested strategy: the first slice is the user's (the even k=1 slice) or the list's")
     parser.add_argument("--curve", type=Path, default=None,
                         help="with --strategy both: write a plot of Dice against corrected slices")
     args = parser.parse_args(argv)
@@ -410,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print("even:\n" + table(results, args.ks))
     if suggested:
-        print("suggested:\n" + table(suggested, [k for k in args.ks if k > 0]))
+        print("suggested:\n" + table(suggested, sorted({r["k"] for res in suggested for r in res["rows"]})))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model": base.config.name, "seconds": args.seconds, "cases": results, "suggested": suggested}

@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue a run: from the checkpoint in --work if there is one, else from the "
                         "shipped default model (its provenance.stages are carried on)")
+    p.add_argument("--resume-from", metavar="NAME|DIR", default=None,
+                   help="with --resume and no checkpoint in --work: the bundled model (name) or model folder "
+                        "to continue (default: the shipped default model), e.g. unet-sim-v2")
     p.add_argument("--canvas-scales", default="1:0.4,1.5:0.25,2:0.25,3:0.1",
                    help="SCALE:WEIGHT list: scans simulated SCALE times the patch size and cropped, so the "
                         "model sees anatomy at the pixel sizes of 256-768 px scans ('1:1' = patch-sized only)")
@@ -188,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         stages = list(model.config.provenance.get("stages", []))
         log(f"resuming from {checkpoint_dir} at step {start_step}")
     elif args.resume:
-        shipped = default_model_name()
-        model = load_model_folder(bundled_model_path(shipped))
+        shipped = args.resume_from or default_model_name()
+        folder = Path(shipped) if Path(shipped).is_dir() else bundled_model_path(shipped)
+        model = load_model_folder(folder)
         model.net.train()
         start_step = int(model.config.provenance.get("steps", 0))
         stages = list(model.config.provenance.get("stages", []))
-        log(f"resuming from the shipped model {shipped} at step {start_step}")
+        log(f"resuming from {shipped} at step {start_step}")
     else:
         model = new_model(config, seed=args.seed)
     config = model.config.replace(name=args.name) if args.resume else config

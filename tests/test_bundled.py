@@ -43,6 +43,20 @@ def test_registry_names_a_default_with_hashes():
     assert size < 40 * 2**20
 
 
+def test_every_bundled_model_is_hash_checked_and_small():
+    """Non-default bundled models (a later training stage kept for --resume-from) are verified too."""
+    registry = bundled_registry()
+    assert len(registry["models"]) >= 1
+    total = 0
+    for name, entry in registry["models"].items():
+        folder = bundled_model_path(name)  # raises if a hash differs
+        for filename in (WEIGHTS_FILE, CONFIG_FILE):
+            assert sha256_of(folder / filename) == entry["sha256"][filename]
+            total += (folder / filename).stat().st_size
+        assert load_model(name, device="cpu").name == name
+    assert total < 40 * 2**20
+
+
 def test_config_documents_classes_input_and_provenance():
     folder = bundled_model_path(default_model_name())
     config = json.loads((folder / CONFIG_FILE).read_text())

@@ -174,3 +174,17 @@ def test_zoom_returns_labels_at_the_image_size(tiny_model, zoom):
 def test_zoom_is_validated():
     with pytest.raises(ValueError, match="zoom"):
         PredictOptions(zoom=0)
+
+
+def test_auto_zoom_shrinks_only_large_colour_photos(tiny_model):
+    from napari_unet.core.tiling import auto_zoom
+
+    assert auto_zoom((512, 512), rgb=False) == 1.0
+    assert auto_zoom((4000, 4000), rgb=False) == 1.0  # grey scans keep their pixels
+    assert auto_zoom((700, 900), rgb=True) == 1.0
+    assert auto_zoom((1411, 1411), rgb=True) == pytest.approx(512 / 1411, abs=1e-3)
+    photo = np.random.default_rng(0).integers(0, 255, (800, 820, 3)).astype(np.uint8)
+    result = predict(photo, tiny_model, device="cpu")
+    assert result.zoom == pytest.approx(512 / 800, abs=1e-3)
+    assert result.labels.shape == (800, 820)
+    assert predict(photo, tiny_model, device="cpu", zoom=1.0).zoom == 1.0

@@ -34,6 +34,17 @@ def test_entropy_is_zero_for_one_hot_and_one_for_uniform():
     assert normalized_entropy(random).max() < 1.0
 
 
+def test_slice_score_weights_doubt_by_foreground():
+    from napari_unet.core.uncertainty import slice_score
+
+    entropy = np.full((4, 4), 0.8)
+    assert slice_score(entropy) == pytest.approx(0.8)
+    assert slice_score(entropy, foreground=np.zeros((4, 4))) == 0.0  # sure it is background: nothing to review
+    half = np.zeros((4, 4))
+    half[:2] = 1.0
+    assert slice_score(entropy, foreground=half) == pytest.approx(0.4)
+
+
 def test_review_order_ranks_highest_first_and_drops_reviewed():
     scores = [0.1, 0.5, 0.3, 0.5]
     assert review_order(scores) == [(1, 0.5), (3, 0.5), (2, 0.3), (0, 0.1)]
@@ -56,7 +67,9 @@ def test_a_noise_slice_is_ranked_first(bundled):
     result = predict(stack, bundled, device="cpu", precision="float32", uncertainty=True)
     assert result.uncertainty.shape == stack.shape and result.uncertainty.dtype == np.float32
     assert 0.0 <= result.uncertainty.min() and result.uncertainty.max() <= 1.0
-    np.testing.assert_allclose(result.slice_uncertainty, slice_scores(result.uncertainty), rtol=1e-6)
+    # the review score weights the entropy by the foreground probability: at most the plain mean
+    assert np.all(result.slice_uncertainty <= slice_scores(result.uncertainty) + 1e-6)
+    assert np.all(result.slice_uncertainty >= 0)
     assert review_order(result.slice_uncertainty)[0][0] == 3
     plain = predict(stack, bundled, device="cpu", precision="float32")
     assert plain.uncertainty is None and plain.slice_uncertainty is None

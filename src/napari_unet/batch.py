@@ -461,7 +461,7 @@ def predict_batch(
     overlap: float = 0.125,
     batch_size: int = 4,
     precision: str = "auto",
-    zoom: float = 1.0,
+    zoom: float | None = None,
     progress: Callable[[dict, int, int], None] | None = None,
     jobs: Sequence[BatchJob] | None = None,
 ) -> list[dict]:

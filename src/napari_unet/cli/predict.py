@@ -55,9 +55,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="numeric precision (default: auto = float16 on GPUs, bfloat16 on CPUs with native support, else float32)",
     )
     p.add_argument(
-        "--zoom", type=float, default=1.0,
+        "--zoom", type=float, default=None,
         help="resample each slice by this factor before the model and back after (e.g. 0.5 when "
-        "structures are twice as large as the model expects); default 1",
+        "structures are twice as large as the model expects); default: auto (1 for grey scans, "
+        "about 512 px for colour photos larger than 768 px)",
     )
 
 

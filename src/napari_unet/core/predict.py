@@ -23,7 +23,7 @@ from . import normalize as _normalize
 from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
 from .model import fuse_batchnorm
 from .normalize import normalize_slice
-from .tiling import blend_weights, tile_grid, tile_size_for
+from .tiling import auto_zoom, blend_weights, tile_grid, tile_size_for
 from .uncertainty import normalized_entropy, slice_score
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ class PredictOptions:
     shrunk for small images); ``zoom`` resamples every plane before the network
     (0.5 halves it: for structures larger than the model saw in training, such
     as the vessels of a 1400-pixel fundus photo) and the probabilities back to
-    the plane's own size, so labels always have the image's shape; ``overlap`` the fraction of a tile shared with its
+    the plane's own size, so labels always have the image's shape; ``None``
+    (the default) chooses it from the image (:func:`~.tiling.auto_zoom`: 1
+    for grey scans, about 512 px for colour photos over 768 px); ``overlap`` the fraction of a tile shared with its
     neighbour; ``batch_size`` how many tiles run at once (halved on
     out-of-memory); ``precision`` ``auto`` chooses float16 on GPUs and bfloat16
     on CPUs that compute it natively. ``uncertainty`` also returns the
@@ -55,11 +57,11 @@ class PredictOptions:
     device: str = "auto"
     precision: str = "auto"
     return_probabilities: bool = False
-    zoom: float = 1.0
+    zoom: float | None = None
     uncertainty: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.05 <= self.zoom <= 4.0:
+        if self.zoom is not None and not 0.05 <= self.zoom <= 4.0:
             raise ValueError(f"zoom must be between 0.05 and 4, got {self.zoom}")
         if self.tile < 16:
             raise ValueError(f"tile must be at least 16 pixels, got {self.tile}")
@@ -84,8 +86,11 @@ class Prediction:
     probabilities: np.ndarray | None = None
     #: per-pixel normalised entropy (float32, the labels' shape), with ``uncertainty=True``
     uncertainty: np.ndarray | None = None
-    #: mean entropy per slice (Z,) for a stack, (1,) for a 2D image, with ``uncertainty=True``
+    #: per-slice review score (Z,) for a stack, (1,) for a 2D image, with ``uncertainty=True``:
+    #: mean entropy weighted by the foreground probability (:func:`~.uncertainty.slice_score`)
     slice_uncertainty: np.ndarray | None = None
+    #: the zoom the planes were predicted at (``zoom=None`` resolves to :func:`~.tiling.auto_zoom`)
+    zoom: float = 1.0
     device: str = "cpu"
     precision: str = "float32"
     seconds: float = 0.0
@@ -294,9 +299,10 @@ def predict_iter(
     volume = layout.startswith("Z")
     num_planes = spatial[0] if volume else 1
     plane_shape = tuple(spatial[-2:])
+    zoom = options.zoom if options.zoom is not None else auto_zoom(plane_shape, is_rgb)
     net_shape = plane_shape
-    if options.zoom != 1.0:
-        net_shape = tuple(max(1, int(round(n * options.zoom))) for n in plane_shape)
+    if zoom != 1.0:
+        net_shape = tuple(max(1, int(round(n * zoom))) for n in plane_shape)
     if out is None:
         labels = np.zeros(spatial, dtype=np.uint8)
     else:
@@ -332,7 +338,7 @@ def predict_iter(
         plane_labels = probs.argmax(axis=0).astype(np.uint8)
         if want_uncertainty:
             plane_entropy = normalized_entropy(probs)
-            scores[index] = slice_score(plane_entropy)
+            scores[index] = slice_score(plane_entropy, 1.0 - probs[0])  # class 0 is background
             if volume:
                 uncertainty[index] = plane_entropy
             else:
@@ -350,6 +356,7 @@ def predict_iter(
         probabilities=probabilities,
         uncertainty=uncertainty,
         slice_uncertainty=scores,
+        zoom=zoom,
         device=runner.device.type,
         precision=str(runner.dtype).replace("torch.", ""),
         seconds=time.perf_counter() - start,
@@ -387,7 +394,7 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     return_probabilities: bool = False,
-    zoom: float = 1.0,
+    zoom: float | None = None,
     uncertainty: bool = False,
     rgb: bool | None = None,
     progress: Callable[[PredictProgress], None] | None = None,

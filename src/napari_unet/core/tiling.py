@@ -70,3 +70,24 @@ def tile_grid(
     ys = tile_starts(shape[0], tile[0], overlap)
     xs = tile_starts(shape[1], tile[1], overlap)
     return [(slice(y, y + tile[0]), slice(x, x + tile[1])) for y in ys for x in xs]
+
+
+#: colour photos whose shorter side is larger than this are shrunk by ``auto_zoom``
+AUTO_ZOOM_ABOVE = 768
+#: ... to about this shorter side (the scale of the scans the bundled model was trained on)
+AUTO_ZOOM_TARGET = 512
+
+
+def auto_zoom(plane_shape: tuple[int, ...], rgb: bool) -> float:
+    """The zoom ``zoom=None`` (auto) means for a plane of ``plane_shape`` (Y, X).
+
+    Colour photos larger than :data:`AUTO_ZOOM_ABOVE` px on their shorter
+    side (a 1400 px fundus photo) are shrunk to about :data:`AUTO_ZOOM_TARGET`
+    px: their structures are several times larger in pixels than in the
+    scans the model learned from (up to 768 px wide). Grey scans (CT, MRI,
+    EM, microscopy) keep their pixels (zoom 1), whatever their size.
+    """
+    side = min(int(plane_shape[0]), int(plane_shape[1]))
+    if not rgb or side <= AUTO_ZOOM_ABOVE:
+        return 1.0
+    return round(AUTO_ZOOM_TARGET / side, 3)

@@ -31,6 +31,8 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from napari_unet.core.tiling import auto_zoom
+
 from ._common import (
     META_KEY,
     LayerProblem,
@@ -124,7 +126,7 @@ def current_plane(viewer, layer) -> int:
 
 def segment_job(
     data, rgb: bool, model_source: str | None, device: str, plane: int | None, tile: int, out=None,
-    zoom: float = 1.0, uncertainty: str = "none", uncertainty_out=None,
+    zoom: float | None = None, uncertainty: str = "none", uncertainty_out=None,
 ):
     """The worker: load the model, normalise over the whole image, predict.
 
@@ -179,10 +181,13 @@ class SegmentWidget(Container):
         self.model_folder = FileEdit(label="model folder", mode="d", value="")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.zoom = FloatSpinBox(
-            label="zoom", value=1.0, min=0.1, max=4.0, step=0.05,
+            label="zoom", value=0.0, min=0.0, max=4.0, step=0.05,
             tooltip="resample slices before the model (0.5 halves them): use it when structures look "
-            "larger than the model expects, e.g. 0.35-0.5 for a 1400-pixel fundus photo",
+            "larger than the model expects. 'auto' (0): 1 for grey scans, about 512 px for colour "
+            "photos larger than 768 px (0.36 for a 1411-pixel fundus photo)",
         )
+        if hasattr(self.zoom.native, "setSpecialValueText"):
+            self.zoom.native.setSpecialValueText("auto")
         self.scope = RadioButtons(label="segment", choices=(SCOPE_ALL, SCOPE_SLICE), value=SCOPE_ALL)
         self.show_uncertainty = CheckBox(
             text="Show uncertainty", value=False,
@@ -259,7 +264,7 @@ class SegmentWidget(Container):
         spatial = tuple(data.shape[:-1] if layer.rgb else data.shape)
         chunked = wants_chunked_result(data, spatial)
         out = empty_labels(spatial, chunked) if (chunked and plane is None) else None
-        zoom = float(self.zoom.value)
+        zoom = float(self.zoom.value) or auto_zoom(spatial[-2:], layer.rgb)  # 0 shows as "auto"
         uncertainty = "map" if self.show_uncertainty.value else ("scores" if spatial_ndim == 3 else "none")
         uncertainty_out = empty_map(spatial, True) if (uncertainty == "map" and out is not None) else None
         self._job: dict[str, Any] = {
