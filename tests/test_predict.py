@@ -188,3 +188,21 @@ def test_auto_zoom_shrinks_only_large_colour_photos(tiny_model):
     assert result.zoom == pytest.approx(512 / 800, abs=1e-3)
     assert result.labels.shape == (800, 820)
     assert predict(photo, tiny_model, device="cpu", zoom=1.0).zoom == 1.0
+
+
+def test_folded_network_is_reused_until_the_weights_change(tiny_model):
+    import torch
+
+    from napari_unet.core.predict import prepare_network
+
+    cpu = torch.device("cpu")
+    first = prepare_network(tiny_model.net, cpu)
+    assert prepare_network(tiny_model.net, cpu) is first
+    image = np.random.default_rng(0).random((32, 40)).astype(np.float32)
+    before = predict(image, tiny_model, device="cpu", return_probabilities=True).probabilities
+    with torch.no_grad():
+        next(tiny_model.net.parameters()).add_(0.5)  # an optimiser step changes weights in place
+    again = prepare_network(tiny_model.net, cpu)
+    assert again is not first
+    after = predict(image, tiny_model, device="cpu", return_probabilities=True).probabilities
+    assert not np.allclose(before, after)
