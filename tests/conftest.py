@@ -62,3 +62,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def store_dir(tmp_path, monkeypatch):
+    """Each test gets its own empty model store."""
+    folder = tmp_path / "store"
+    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
+    return folder

@@ -14,14 +14,6 @@ def _shown(widget) -> bool:
 
 
 @pytest.fixture
-def store_dir(tmp_path, monkeypatch):
-    """Each test gets its own empty model store."""
-    folder = tmp_path / "store"
-    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def sync(monkeypatch):
     """Run the widget's generator inline (no thread, no event loop needed)."""
     monkeypatch.setenv("NAPARI_UNET_SYNC", "1")

@@ -14,13 +14,6 @@ NOISY = 4
 
 
 @pytest.fixture
-def store_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "store"
-    monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def docked(make_napari_viewer, store_dir):
     """A viewer with both widgets docked (the Segment widget on the CPU)."""
     from napari_unet.widgets.finetune import FinetuneWidget

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._common import heavy_imports
+from ._review import DiscardMap
 
 __all__ = ["FinetuneOutcome", "FinetuneRequest", "finetune_job", "round_summary", "warm_up"]
 
@@ -42,6 +43,8 @@ class FinetuneRequest:
     slices: int = 0
     #: the zoom the layer was segmented with, so segmenting again gives comparable labels
     zoom: float = 1.0
+    #: whether an uncertainty layer is shown (else only the per-slice scores are kept)
+    uncertainty_map: bool = False
 
 
 @dataclass
@@ -200,7 +203,9 @@ def finetune_job(
     decision = store.promote(version, parent, result.val_dice_after, result.val_dice_before)
     yield ("status", "segmenting again…")
     options = PredictOptions(device=request.device, zoom=request.zoom, uncertainty=True)
-    prediction = yield from predict_iter(request.image, trained, options, rgb=request.rgb)
+    spatial = request.image.shape[:-1] if request.rgb else request.image.shape
+    discard = None if request.uncertainty_map else DiscardMap(spatial)  # scores only: no float map in memory
+    prediction = yield from predict_iter(request.image, trained, options, rgb=request.rgb, uncertainty_out=discard)
     return FinetuneOutcome(
         "done",
         version=version,
@@ -211,7 +216,7 @@ def finetune_job(
         seconds=time.perf_counter() - start,
         classes=tuple(trained.config.classes),
         notes=list(getattr(prediction, "notes", [])),
-        uncertainty=prediction.uncertainty,
+        uncertainty=prediction.uncertainty if request.uncertainty_map else None,
         slice_uncertainty=prediction.slice_uncertainty,
     )
 

@@ -49,7 +49,7 @@ from ._common import (
 )
 from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary, warm_up
 from ._gate import GateMixin
-from ._review import ReviewNext, refresh_uncertainty, store_slice_scores
+from ._review import ReviewNext, find_uncertainty_layer, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
 from .corrections import (
     _unwrap,
@@ -373,6 +373,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             image_name=image_layer.name,
             labels_name=labels_layer.name,
             slices=len(tracker.trusted_slices()),
+            uncertainty_map=find_uncertainty_layer(self._viewer, image_layer.name) is not None,
             zoom=_layer_zoom(labels_layer),
         )
 
