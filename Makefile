@@ -41,11 +41,19 @@ $(VENV)/.stamp-torch: | $(PY)
 	$(PIP) -q $(TORCH)
 	touch $@
 
+# the distribution was called napari-unet until 0.3: an old copy (or its egg-info left on the
+# source path by a build) would register the plugin a second time under the old name
+FORMER := napari-unet
+UNINSTALL_FORMER := rm -rf src/napari_unet.egg-info; \
+	$(PY) -m pip show -q $(FORMER) >/dev/null 2>&1 && $(PY) -m pip uninstall -y -q $(FORMER) || true
+
 $(VENV)/.stamp-run: pyproject.toml constraints.txt $(VENV)/.stamp-torch
+	@$(UNINSTALL_FORMER)
 	$(PIP) -q -e ".[pyqt6]"
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml constraints.txt $(VENV)/.stamp-torch
+	@$(UNINSTALL_FORMER)
 	$(PIP) -q -e ".[pyqt6,testing]"
 	touch $@ $(VENV)/.stamp-run
 

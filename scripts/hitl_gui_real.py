@@ -55,8 +55,8 @@ def main() -> None:
     viewer = napari.Viewer(title=f"napari-unet: a round on {args.case}")
     viewer.window.resize(1280, 800)
     app = QApplication.instance()
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    _, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
+    _, tune = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Fine-tune")
     (image_layer,) = open_in_viewer(viewer, args.data / f"{args.case}_image.nii.gz")
     segment.reset_choices()
     segment.image.value = image_layer

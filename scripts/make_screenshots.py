@@ -37,9 +37,9 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-unet")
     viewer.window.resize(1600, 1000)
     app = QApplication.instance()
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
 
-    viewer.open_sample("napari-unet", "retina")
+    viewer.open_sample("napari-unet-loop", "retina")
     segment.reset_choices()
     segment.zoom.value = 0.35  # the photo's vessels are ~3x wider than the model's (model card)
     segment.segment()
@@ -48,7 +48,7 @@ def main() -> None:
     viewer.screenshot(str(out / "segment-retina.png"), canvas_only=False)
 
     viewer.layers.clear()
-    viewer.open_sample("napari-unet", "lesion_scan")
+    viewer.open_sample("napari-unet-loop", "lesion_scan")
     segment.reset_choices()
     viewer.dims.set_current_step(0, 12)
     segment.zoom.value = 1.0

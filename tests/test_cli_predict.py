@@ -117,3 +117,60 @@ def test_failure_during_prediction_writes_nothing(stack_tif, tiny_model_dir, tmp
     out = tmp_path / "o.tif"
     assert main(["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif", "tiny-model"]
+
+
+@pytest.fixture
+def threshold_network(monkeypatch):
+    """The network replaced by a threshold: class 1 where the normalised plane is bright."""
+    import napari_unet.core.predict as predict_module
+
+    def planes_by_threshold(planes, num_planes, shape, runner, divisor, options):
+        for index, plane in enumerate(planes):
+            middle = (plane[0].min() + plane[0].max()) / 2  # whatever the normalisation
+            bright = (plane[0] > middle).astype(np.float32)
+            yield index, np.stack([1 - bright, bright, np.zeros_like(bright)])
+
+    monkeypatch.setattr(predict_module, "predict_planes", planes_by_threshold)
+
+
+def test_corrections_leave_out_regions_not_connected_to_them(tiny_model_dir, tmp_path, capsys, threshold_network):
+    scan = np.zeros((4, 30, 30), np.uint16)
+    scan[0:3, 5:10, 5:10] = 1000  # the lesion the user corrected on slice 1
+    scan[3, 20:25, 20:25] = 1000  # a look-alike on another slice
+    scan[1, 20:23, 2:5] = 1000  # and one on the corrected slice's neighbourhood, elsewhere
+    scan_path = tmp_path / "scan.tif"
+    tifffile.imwrite(scan_path, scan, photometric="minisblack")
+    corrected = np.zeros(scan.shape, np.uint8)
+    corrected[1, 5:10, 5:10] = 1
+    trusted = np.zeros(scan.shape, np.uint8)
+    trusted[1, :15, :15] = 1  # the user checked the lesion's part of slice 1 only
+    labels_path, mask_path = tmp_path / "corrected.tif", tmp_path / "trusted.tif"
+    tifffile.imwrite(labels_path, corrected, photometric="minisblack")
+    tifffile.imwrite(mask_path, trusted, photometric="minisblack")
+    args = ["predict", str(scan_path), "--model", str(tiny_model_dir)]
+    plain, out = tmp_path / "plain.tif", tmp_path / "labels.tif"
+    assert main([*args, "-o", str(plain), "--quiet"]) == 0
+    assert (tifffile.imread(plain) == 1).sum() == 75 + 25 + 9  # without corrections: every region
+    capsys.readouterr()
+    assert main([*args, "-o", str(out), "--corrections", str(labels_path), "--mask", str(mask_path)]) == 0
+    after = tifffile.imread(out)
+    np.testing.assert_array_equal(after == 1, _only_lesion(scan))  # followed through slices 0-2
+    assert "left out 2 others (34 voxels)" in capsys.readouterr().err
+
+
+def _only_lesion(scan):
+    lesion = np.zeros(scan.shape, bool)
+    lesion[0:3, 5:10, 5:10] = True
+    return lesion
+
+
+def test_corrections_must_fit_the_scan(stack_tif, tiny_model_dir, tmp_path, capsys):
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.ones((2, 37, 45), np.uint8))
+    out = tmp_path / "o.tif"
+    code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir),
+                                   "--corrections", str(wrong)])
+    assert code == 2 and len(err) == 1 and "expected the scan's (3, 37, 45)" in err[0] and not out.exists()
+    code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir),
+                                   "--mask", str(wrong)])
+    assert code == 2 and "--mask needs --corrections" in err[0]

@@ -212,3 +212,19 @@ def test_validation_blocks_hold_every_foreground_class():
     for seed in range(10):
         train, val, _ = _block_split(trusted, np.random.default_rng(seed), FinetuneOptions(), one_block)
         assert ((train > 0) & (one_block == 1)).any() or not (val & (one_block == 1)).any()
+
+
+def test_validation_never_takes_most_of_a_lesion_one_slice_shows():
+    """A 47 px lesion on a 512 px slice (the real lung CT's one corrected slice):
+    its held-back block and guard band used to leave 6 of its 1 751 pixels to
+    train on; now at least half of it always stays for training."""
+    from napari_unet.core.finetune import MIN_TRAIN_SHARE, _block_split
+
+    yy, xx = np.mgrid[:512, :512]
+    labels = (((yy - 300) ** 2 + (xx - 330) ** 2) < 23**2).astype(np.int64)
+    trusted = np.ones(labels.shape, bool)
+    lesion = int(labels.sum())
+    for seed in range(10):
+        train, val, blocks = _block_split(trusted, np.random.default_rng(seed), FinetuneOptions(), labels)
+        assert blocks
+        assert ((train > 0) & (labels == 1)).sum() >= MIN_TRAIN_SHARE * lesion, seed

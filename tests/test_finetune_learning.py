@@ -141,6 +141,29 @@ def test_error_crops_centre_on_what_the_network_gets_wrong(tiny_model):
     assert (y.reshape(20, -1).max(axis=1) > 0).all()
 
 
+def test_error_refresh_predicts_a_few_planes_in_turn_after_the_first(tiny_model):
+    volume = np.random.default_rng(0).normal(100, 10, (8, 32, 32)).astype(np.float32)
+    labels = np.zeros(volume.shape, np.int64)
+    labels[:, 10:14, 10:14] = 1
+    corrections, _ = prepare_corrections(volume, labels, None, tiny_model, FinetuneOptions(val_fraction=0), 0, 1)
+    sampler = CorrectionSampler(corrections, 16, FinetuneOptions().augment, errors=0.5, net=tiny_model.net,
+                                refresh_every=1)
+    planes = []
+    hook = tiny_model.net.register_forward_hook(lambda module, args, out: planes.append(args[0].shape[0]))
+    try:
+        sampler(np.random.default_rng(0), 2)  # the first batch: every plane
+        assert sum(planes) == 8
+        planes.clear()
+        sampler(np.random.default_rng(1), 2)  # later ones: the next few, in turn
+        assert sum(planes) == CorrectionSampler.REFRESH_PLANES
+        for seed in range(2, 5):
+            sampler(np.random.default_rng(seed), 2)
+    finally:
+        hook.remove()
+    assert sampler._next_refresh == (4 * CorrectionSampler.REFRESH_PLANES) % 8
+    assert len(sampler.error_coords) == 8
+
+
 def test_a_regression_is_said(small_model, monkeypatch):
     from napari_unet.core import finetune as finetune_module
 

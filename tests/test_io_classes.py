@@ -107,9 +107,9 @@ def test_viewer_saves_and_reopens_labels_as_they_were(make_napari_viewer, tmp_pa
         scale=(2.0, 1.0, 1.0),
     )
     path = tmp_path / name
-    layer.save(str(path), plugin="napari-unet")
+    layer.save(str(path), plugin="napari-unet-loop")
     viewer.layers.clear()
-    [back] = viewer.open(str(path), plugin="napari-unet")
+    [back] = viewer.open(str(path), plugin="napari-unet-loop")
     assert back._type_string == "labels"
     np.testing.assert_allclose(back.colormap.map(2), COLOURS[2], atol=1 / 255)  # yellow, not teal
     np.testing.assert_allclose(back.colormap.map(1), COLOURS[1], atol=1 / 255)

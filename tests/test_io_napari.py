@@ -139,7 +139,7 @@ def test_writer_without_metadata_uses_scale_and_translate(tmp_path):
 
 def test_viewer_opens_nifti_with_the_plugin(make_napari_viewer, scan_path, tmp_path):
     viewer = make_napari_viewer()
-    layers = viewer.open(str(scan_path), plugin="napari-unet")
+    layers = viewer.open(str(scan_path), plugin="napari-unet-loop")
     assert len(layers) == 1
     image = layers[0]
     assert image.data.shape == (5, 6, 7)
@@ -152,7 +152,7 @@ def test_viewer_opens_nifti_with_the_plugin(make_napari_viewer, scan_path, tmp_p
         metadata=dict(image.metadata),
     )
     labels.data[1, 2, 3] = 2
-    saved = labels.save(str(tmp_path / "out.nii.gz"), plugin="napari-unet")
+    saved = labels.save(str(tmp_path / "out.nii.gz"), plugin="napari-unet-loop")
     assert saved == [str(tmp_path / "out.nii.gz")]
     back = nib.load(tmp_path / "out.nii.gz")
     np.testing.assert_allclose(back.affine, AFFINE, atol=1e-6)

@@ -64,6 +64,15 @@ def test_user_preferences_are_never_overridden():
     assert preferred_readers(merged) == merged  # idempotent
 
 
+def test_preferences_saved_under_the_former_name_follow_the_rename():
+    saved = {"*.nii.gz": "napari-unet", "*.tif": "napari"}
+    merged = preferred_readers(saved, former=("napari-unet",))
+    assert merged["*.nii.gz"] == PLUGIN_NAME != "napari-unet"
+    assert merged["*.tif"] == "napari"  # the user's own choice stays
+    # while a plugin of the former name is installed, its preferences are its own
+    assert preferred_readers(saved)["*.nii.gz"] == "napari-unet"
+
+
 def test_viewer_open_without_plugin_uses_ours_after_first_use(make_napari_viewer, nifti, reader_settings, tmp_path):
     from napari.errors import MultipleReaderError
 

@@ -29,19 +29,19 @@ def test_wheel_carries_the_manifest_and_entry_points(wheel, tmp_path):
         manifest = zf.read("napari_unet/napari.yaml").decode()
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert manifest == (ROOT / "napari.yaml").read_text()
-    assert "napari-unet = napari_unet:napari.yaml" in entry_points
+    assert "napari-unet-loop = napari_unet:napari.yaml" in entry_points
     assert "napari-unet = napari_unet.cli:main" in entry_points
     (tmp_path / "napari.yaml").write_text(manifest)
     pm = PluginManifest.from_file(tmp_path / "napari.yaml")
     pm.validate_imports() if hasattr(pm, "validate_imports") else None
-    assert pm.name == "napari-unet"
+    assert pm.name == "napari-unet-loop"
     assert {w.display_name for w in pm.contributions.widgets} == {"Segment", "Fine-tune"}
     assert {s.key for s in pm.contributions.sample_data} == {"retina", "lesion_scan"}
 
 
 def test_npe2_validates_the_installed_plugin():
     proc = subprocess.run(
-        [sys.executable, "-m", "npe2", "validate", "napari-unet", "--imports"],
+        [sys.executable, "-m", "npe2", "validate", "napari-unet-loop", "--imports"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

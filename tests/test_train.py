@@ -231,3 +231,17 @@ def test_encoder_learning_rate_scale(toy_model):
     assert slow_dec > 0.5 * full_dec
     with pytest.raises(ValueError, match="encoder_lr_scale"):
         TrainOptions(max_steps=1, encoder_lr_scale=0.0)
+
+
+def test_keep_last_returns_the_end_of_the_schedule_and_its_validation(tiny_model, toy_validation):
+    from napari_unet.core.train import validation_dice
+
+    options = TrainOptions(max_steps=12, keep="last", **{**FAST, "val_every": 4})
+    events = []
+    result = run_training(copy_model(tiny_model), toy_sampler, toy_validation, options, callback=events.append)
+    assert result.best_step == 12 and result.steps == 12
+    # the reported figure is the returned weights' own score, whatever the best check was
+    assert result.best_val_dice == pytest.approx(validation_dice(result.model, toy_validation, "cpu"))
+    assert result.best_val_dice == pytest.approx(events[-1].val_dice)
+    with pytest.raises(ValueError, match="keep"):
+        TrainOptions(max_steps=1, keep="median")

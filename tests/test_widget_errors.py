@@ -48,7 +48,7 @@ def viewer_with_scan(make_napari_viewer, blob_image, tmp_path, monkeypatch):
 
 
 def test_segment_on_a_missing_device_warns_once(viewer_with_scan, tiny_model_dir, qtbot, notifications, no_cuda):
-    _, segment = viewer_with_scan.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _, segment = viewer_with_scan.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
     segment.model.value = FOLDER_CHOICE
     segment.model_folder.value = str(tiny_model_dir)
     segment.device.value = "cuda"
@@ -70,7 +70,7 @@ def test_finetune_on_a_missing_device_warns_once(viewer_with_scan, tiny_model_di
         name="scan segmentation",
         metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(tiny_model_dir)}},
     )
-    _, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    _, tune = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Fine-tune")
     qtbot.waitUntil(lambda: tune.warmed_up, timeout=60_000)
     labels.paint((30, 25), 1)
     tune.device.value = "cuda"
@@ -94,7 +94,7 @@ def test_a_bug_in_a_worker_is_one_error_notification(viewer_with_scan, tiny_mode
         raise RuntimeError("something the code did not expect")
 
     monkeypatch.setattr(weights, "load_model", broken)
-    _, segment = viewer_with_scan.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _, segment = viewer_with_scan.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
     segment.model.value = FOLDER_CHOICE
     segment.model_folder.value = str(tiny_model_dir)
     assert segment.segment() is not None

@@ -276,3 +276,45 @@ def test_every_field_has_its_label(make_napari_viewer, blob_image, store_dir, sy
         assert name in texts, f"field '{name}' has no label: {sorted(texts)}"
     for name in ("max steps", "device", "seed"):  # the advanced fields too
         assert name in texts, f"field '{name}' has no label"
+
+
+@pytest.mark.parametrize("keep_connected", [True, False])
+def test_after_a_round_regions_not_connected_to_the_corrections_are_left_out(
+    make_napari_viewer, tiny_model_dir, store_dir, sync, monkeypatch, keep_connected
+):
+    import napari_unet.core.predict as predict_module
+    from napari_unet.widgets.corrections import tracker_for
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    def planes_by_threshold(planes, num_planes, shape, runner, divisor, options):
+        for index, plane in enumerate(planes):  # the network replaced by a threshold
+            bright = (plane[0] > (plane[0].min() + plane[0].max()) / 2).astype(np.float32)
+            yield index, np.stack([1 - bright, bright, np.zeros_like(bright)])
+
+    monkeypatch.setattr(predict_module, "predict_planes", planes_by_threshold)
+    stack = np.full((4, 30, 30), 100, np.float32)
+    stack[0:3, 5:10, 5:10] = 300  # the lesion, through slices 0-2
+    stack[3, 20:25, 20:25] = 300  # a look-alike on a slice nobody corrected
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="scan")
+    labels = viewer.add_labels(
+        np.zeros(stack.shape, np.uint8), name="scan segmentation",
+        metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(tiny_model_dir)}},
+    )
+    widget = FinetuneWidget(viewer)
+    widget.steps.value = FAST_STEPS
+    widget.keep_connected.value = keep_connected
+    labels.data[1, 5:10, 5:10] = 1  # the user's lesion on slice 1 ...
+    viewer.dims.set_current_step(0, 1)
+    widget.toggle_reviewed()  # ... and the whole slice checked
+    assert tracker_for(labels).trusted_slices() == [1]
+    assert widget.finetune() is not None
+    assert (labels.data[0:3, 5:10, 5:10] == 1).all()  # followed through the slices
+    look_alike = labels.data[3, 20:25, 20:25]
+    if keep_connected:
+        assert (look_alike == 0).all()
+        assert widget.last_summary["left_out_regions"] == 1
+        assert "left out 1 other (25 voxels)" in widget.summary.value
+    else:
+        assert (look_alike == 1).all()
+        assert "left out" not in widget.summary.value

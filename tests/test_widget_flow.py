@@ -14,8 +14,8 @@ def docked(make_napari_viewer, blob_image, tiny_model_dir, tmp_path, monkeypatch
     monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(tmp_path / "store"))
     viewer = make_napari_viewer()
     viewer.add_image(blob_image, name="scan")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    _, tune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
+    _, tune = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Fine-tune")
     segment.model.value = FOLDER_CHOICE
     segment.model_folder.value = str(tiny_model_dir)
     segment.device.value = "cpu"

@@ -170,7 +170,7 @@ def test_docked_as_a_plugin(make_napari_viewer, qtbot, tiny_model_dir, blob_imag
 
     viewer = make_napari_viewer()
     viewer.add_image(blob_image, name="scan")
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
     w.model.value = FOLDER_CHOICE
     w.model_folder.value = str(tiny_model_dir)
     w.segment()

@@ -36,7 +36,11 @@ LayerData = tuple[Any, dict[str, Any], str]
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 
 #: The npe2 plugin name (``napari.yaml``).
-PLUGIN_NAME = "napari-unet"
+PLUGIN_NAME = "napari-unet-loop"
+#: Names this plugin had before (``napari-unet`` until 0.3: that name on the
+#: package index belongs to another project). Reader preferences saved under
+#: them are moved to :data:`PLUGIN_NAME` while no plugin of that name is installed.
+FORMER_NAMES = ("napari-unet",)
 #: The reader's ``filename_patterns`` in ``napari.yaml`` (a test keeps them equal).
 READER_PATTERNS = ("*.nii", "*.nii.gz", "*.dcm", "*.DCM", "*.ima", "*.zarr", "*.tif", "*.tiff")
 
@@ -71,13 +75,16 @@ def preference_patterns() -> tuple[str, ...]:
     return (*READER_PATTERNS, f"*.zarr{os.sep}")
 
 
-def preferred_readers(current: Mapping[str, str], plugin: str = PLUGIN_NAME) -> dict[str, str]:
+def preferred_readers(
+    current: Mapping[str, str], plugin: str = PLUGIN_NAME, former: tuple[str, ...] = ()
+) -> dict[str, str]:
     """``current`` (napari's ``settings.plugins.extension2reader``) with ``plugin``
     added for each of :func:`preference_patterns` that no existing preference covers.
 
     A preference the user set (for the pattern itself, or a broader one such as
-    ``*.gz`` that matches the same files) is never overridden."""
-    merged = dict(current)
+    ``*.gz`` that matches the same files) is never overridden, except one naming
+    this plugin under a ``former`` name, which now names ``plugin``."""
+    merged = {pattern: plugin if reader in former else reader for pattern, reader in current.items()}
     for pattern in preference_patterns():
         example = os.path.join(os.sep, "data", pattern.replace("*", "scan", 1))
         if any(fnmatch(example, existing) for existing in merged):
@@ -94,9 +101,13 @@ def use_plugin_reader_by_default() -> bool:
     try:
         from napari.settings import get_settings
 
+        from npe2 import PluginManager
+
         settings = get_settings().plugins
         current = dict(settings.extension2reader)
-        merged = preferred_readers(current)
+        registered = {m.name for m in PluginManager.instance().iter_manifests()}
+        former = tuple(name for name in FORMER_NAMES if name not in registered)
+        merged = preferred_readers(current, former=former)
         if merged == current:
             return False
         settings.extension2reader = merged

@@ -106,10 +106,15 @@ def segment_scan(
     overwrite: bool = False,
     uncertainty: str | os.PathLike | None = None,
     progress: Callable[[Any], None] | None = None,
+    seeds: dict | None = None,
 ) -> ScanResult:
     """Predict ``scan`` (from :func:`open_scan`) with ``model`` and write the labels
     to ``output`` (and the uncertainty map to ``uncertainty``), atomically: on any
-    error nothing is left under either name. Raises :class:`ScanError`."""
+    error nothing is left under either name. Raises :class:`ScanError`.
+
+    ``seeds`` (:func:`~napari_unet.core.postprocess.seeds_from_corrections`):
+    regions not connected to the corrections are left out; the labels are then
+    held in memory until the clean-up, and written after it."""
     import numpy as np
 
     from napari_unet.core.predict import predict_iter, run_to_end, spatial_shape
@@ -128,10 +133,16 @@ def segment_scan(
         except IOErrorMessage as exc:
             sink.abort()
             raise ScanError(str(exc)) from exc
-    generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"), out=sink.array,
-                             uncertainty_out=sinks[1].array if len(sinks) > 1 else None)
+    in_memory = bool(seeds) and len(spatial) == 3
+    generator = predict_iter(scan.data, model, options, rgb=layout.endswith("C"),
+                             out=None if in_memory else sink.array,
+                             uncertainty_out=sinks[1].array if len(sinks) > 1 else None,
+                             seeds=seeds if in_memory else None)
     try:
         result = run_to_end(generator, progress)
+        if in_memory:
+            for z, plane in enumerate(result.labels):
+                sink.array[z] = plane
         for each in sinks:
             each.commit()
     except (ValueError, IOErrorMessage) as exc:

@@ -14,7 +14,7 @@ import sys
 from .common import CLIError, advice, one_line_warnings, subcommand_parser
 
 #: Sub-command modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("predict", "batch", "train", "finetune", "view")
+SUBCOMMANDS = ("predict", "batch", "train", "finetune", "export", "import_", "view")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="napari-unet",
-        description="U-Net segmentation of medical scans: predict, batch, train, fine-tune, view.",
+        description="U-Net segmentation of medical scans: predict, batch, train, fine-tune, export, import, view.",
     )
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

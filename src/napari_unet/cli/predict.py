@@ -12,6 +12,7 @@ from .common import (
     check_device,
     check_output,
     load_model_or_fail,
+    read_image,
 )
 
 
@@ -38,9 +39,46 @@ def add_parser(subparsers) -> None:
         "float32 0..1, the labels' geometry; .tif, .nii.gz, .npy or .zarr) and print the slices "
         "to review first",
     )
+    p.add_argument(
+        "--corrections", metavar="LABELS", default=None,
+        help="for a stack: the corrected labels a fine-tuning round learned from (e.g. finetune's LABELS); "
+        "predicted regions that do not connect in 3D to a pixel corrected as their class are left out",
+    )
+    p.add_argument(
+        "--mask", default=None,
+        help="with --corrections: image that is nonzero where LABELS is trusted (default: LABELS' nonzero pixels)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
+
+
+def read_seeds(args: argparse.Namespace, shape: tuple[int, ...]):
+    """``--corrections``/``--mask`` as seeds for :func:`~napari_unet.core.postprocess.keep_connected`."""
+    import numpy as np
+
+    from napari_unet.core.postprocess import seeds_from_corrections
+
+    if args.corrections is None:
+        if args.mask is not None:
+            raise CLIError("--mask needs --corrections LABELS (the labels it marks as trusted)")
+        return None
+    if len(shape) != 3:
+        raise CLIError(f"--corrections works on stacks; {args.input} is a 2D image {tuple(shape)}")
+    arrays = []
+    for what, path in (("--corrections", args.corrections), ("--mask", args.mask)):
+        if path is None:
+            arrays.append(None)
+            continue
+        data = np.asarray(read_image(path).data)
+        if tuple(data.shape) != tuple(shape):
+            raise CLIError(f"{what} {path} has shape {tuple(data.shape)}; expected the scan's {tuple(shape)}")
+        arrays.append(data)
+    labels, mask = arrays
+    trusted = labels != 0 if mask is None else mask != 0
+    if not trusted.any():
+        raise CLIError(f"{args.mask or args.corrections}: no trusted pixel; nothing to connect to")
+    return seeds_from_corrections(labels, trusted)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -92,12 +130,15 @@ def run(args: argparse.Namespace) -> int:
         scan, layout = open_scan(args.input, index=args.index)
     except ScanError as exc:
         raise CLIError(str(exc)) from exc
+    from napari_unet.core.predict import spatial_shape
+
+    seeds = read_seeds(args, spatial_shape(tuple(scan.data.shape), layout))
     model = load_model_or_fail(args.model, device="cpu")
     bar = ProgressBar("predict", delay=0.0 if not args.quiet else 1e9)
     try:
         written = segment_scan(
             scan, layout, model, output, options, overwrite=args.overwrite, uncertainty=uncertainty_path,
-            progress=lambda event: bar.update(event.done, event.total),
+            progress=lambda event: bar.update(event.done, event.total), seeds=seeds,
         )
     except ScanError as exc:
         raise CLIError(str(exc)) from exc
@@ -121,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {uncertainty_path}; slices to review first: {top}", file=sys.stderr)
             else:
                 print(f"wrote {uncertainty_path}; mean uncertainty {scores[0]:.3f}", file=sys.stderr)
+        if result.removed:
+            from napari_unet.core.postprocess import describe
+
+            names = {c.id: c.name for c in model.config.classes}
+            print(describe(result.removed, names) or "every predicted region connects to the corrections",
+                  file=sys.stderr)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
     return 0

@@ -23,6 +23,7 @@ from . import normalize as _normalize
 from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
 from .model import fuse_batchnorm
 from .normalize import normalize_slice
+from .postprocess import keep_connected
 from .tiling import auto_zoom, blend_weights, tile_grid, tile_size_for
 from .uncertainty import normalized_entropy, slice_score
 
@@ -91,6 +92,8 @@ class Prediction:
     slice_uncertainty: np.ndarray | None = None
     #: the zoom the planes were predicted at (``zoom=None`` resolves to :func:`~.tiling.auto_zoom`)
     zoom: float = 1.0
+    #: regions left out because they touch no corrected pixel of their class (``seeds=``)
+    removed: list = field(default_factory=list)
     device: str = "cpu"
     precision: str = "float32"
     seconds: float = 0.0
@@ -293,6 +296,7 @@ def predict_iter(
     intensity_ranges: np.ndarray | None = None,
     out=None,
     uncertainty_out=None,
+    seeds: dict[int, np.ndarray] | None = None,
 ) -> Generator[PredictProgress, None, Prediction]:
     """Segment ``image`` with ``model`` tile by tile.
 
@@ -302,6 +306,10 @@ def predict_iter(
     when only one slice is segmented). ``out``: optional array receiving the
     labels plane by plane (for volumes larger than memory); ``uncertainty_out``
     the same for the uncertainty map (float32; implies ``options.uncertainty``).
+    ``seeds``: ``{class id: bool mask}`` of pixels the user trusted as each
+    class in this stack (:func:`~.postprocess.seeds_from_corrections`); regions
+    of a seeded class that touch none of its seeds in 3D are set to background
+    (:func:`~.postprocess.keep_connected`, reported in ``Prediction.removed``).
     """
     options = options or PredictOptions()
     start = time.perf_counter()
@@ -377,9 +385,16 @@ def predict_iter(
             labels[...] = plane_labels
             if probabilities is not None:
                 probabilities[...] = probs
+    removed = []
+    if seeds and volume:
+        if not isinstance(labels, np.ndarray):
+            runner.notes.append("regions were not matched with the corrections: the output is not a NumPy array")
+        else:
+            removed = keep_connected(labels, seeds)
     return Prediction(
         labels=labels,
         probabilities=probabilities,
+        removed=removed,
         uncertainty=uncertainty,
         slice_uncertainty=scores,
         zoom=zoom,
@@ -426,6 +441,7 @@ def predict(
     progress: Callable[[PredictProgress], None] | None = None,
     out=None,
     uncertainty_out=None,
+    corrections: tuple | None = None,
 ) -> Prediction:
     """Segment an image with a model (the default bundled model when ``None``).
 
@@ -433,6 +449,12 @@ def predict(
     shape) and, on request, ``probabilities`` (classes first, float32) and
     ``uncertainty`` (per-pixel normalised entropy) with ``slice_uncertainty``
     (its mean per slice: the slices to review first score highest).
+
+    ``corrections=(labels, trusted_mask)`` of this stack (what a fine-tuning
+    round learned from): regions of a corrected class that do not connect in
+    3D to any pixel trusted as that class are left out, as the widget does
+    after a round (:mod:`~napari_unet.core.postprocess`); ``removed`` says
+    what went.
     """
     from .weights import load_model
 
@@ -447,6 +469,12 @@ def predict(
         zoom=zoom,
         uncertainty=uncertainty,
     )
-    generator = predict_iter(image, model, options, rgb=rgb, out=out, uncertainty_out=uncertainty_out)
+    seeds = None
+    if corrections is not None:
+        from .postprocess import seeds_from_corrections
+
+        trusted_labels, trusted_mask = corrections
+        seeds = seeds_from_corrections(trusted_labels, trusted_mask)
+    generator = predict_iter(image, model, options, rgb=rgb, out=out, uncertainty_out=uncertainty_out, seeds=seeds)
     return run_to_end(generator, progress)
 

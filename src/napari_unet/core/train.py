@@ -116,8 +116,15 @@ class TrainOptions:
     #: ``False`` (fine-tuning) always returns trained weights, so a regression
     #: gate can compare them with the starting model honestly.
     initial_is_candidate: bool = True
+    #: which weights the run returns: ``best`` (best validation Dice, or lowest
+    #: smoothed loss without validation) or ``last`` (the end of the schedule;
+    #: validation is then only measured and reported, and with a few small
+    #: held-back blocks it is too noisy to choose weights by)
+    keep: str = "best"
 
     def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.max_steps is None and self.max_seconds is None:
             raise ValueError("set max_steps, max_seconds or both: training needs a budget")
         if self.max_steps is not None and self.max_steps < 0:
@@ -542,9 +549,18 @@ def train_iter(
             if options.patience is not None and checks_without_gain >= options.patience:
                 stop_reason = "early-stop"
                 break
+        if options.keep == "last":
+            # the schedule's end is the answer; its validation score is the one reported
+            best_state, best_step = _snapshot(net), step
+            if validation:
+                last_val = history[-1].val_dice if history and history[-1].val_dice is not None else None
+                if last_val is None:
+                    last_val, _ = evaluate()
+                best_val = None if math.isnan(last_val) else last_val
     finally:
         # normal end, gen.close() (GeneratorExit at the yield) or an error:
-        # the model always leaves with the best weights, ready for inference
+        # the model always leaves with the best weights (``keep="last"``: the
+        # last ones, on a normal end), ready for inference
         net.load_state_dict(best_state)
         if channels_last:
             net.to(memory_format=torch.contiguous_format)

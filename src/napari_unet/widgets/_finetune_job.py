@@ -45,6 +45,9 @@ class FinetuneRequest:
     zoom: float = 1.0
     #: whether an uncertainty layer is shown (else only the per-slice scores are kept)
     uncertainty_map: bool = False
+    #: in a stack, leave out predicted regions that touch no pixel the user
+    #: trusted as their class (:mod:`napari_unet.core.postprocess`)
+    keep_connected: bool = True
 
 
 @dataclass
@@ -69,6 +72,8 @@ class FinetuneOutcome:
     #: the re-segmentation's uncertainty map and per-slice scores (for "Review next")
     uncertainty: np.ndarray | None = None
     slice_uncertainty: np.ndarray | None = None
+    #: regions the re-segmentation left out (:class:`~napari_unet.core.postprocess.Removed`)
+    removed: list = field(default_factory=list)
 
 
 #: seconds between two training steps shown in the GUI (validation checks always are)
@@ -205,7 +210,14 @@ def finetune_job(
     options = PredictOptions(device=request.device, zoom=request.zoom, uncertainty=True)
     spatial = request.image.shape[:-1] if request.rgb else request.image.shape
     discard = None if request.uncertainty_map else DiscardMap(spatial)  # scores only: no float map in memory
-    prediction = yield from predict_iter(request.image, trained, options, rgb=request.rgb, uncertainty_out=discard)
+    seeds = None
+    if request.keep_connected:
+        from napari_unet.core.postprocess import seeds_from_corrections
+
+        seeds = seeds_from_corrections(request.labels, request.trusted)
+    prediction = yield from predict_iter(
+        request.image, trained, options, rgb=request.rgb, uncertainty_out=discard, seeds=seeds
+    )
     return FinetuneOutcome(
         "done",
         version=version,
@@ -218,6 +230,7 @@ def finetune_job(
         notes=list(getattr(prediction, "notes", [])),
         uncertainty=prediction.uncertainty if request.uncertainty_map else None,
         slice_uncertainty=prediction.slice_uncertainty,
+        removed=list(prediction.removed),
     )
 
 

@@ -1,4 +1,5 @@
-"""The Fine-tune widget's version list: use, rename, export and import model versions.
+"""The Fine-tune widget's version list: use, rename, export and import model versions
+(folders, and BioImage.IO packages napari-unet exported, read in a worker thread).
 
 A mixin of :class:`.finetune.FinetuneWidget`; it expects ``store``,
 ``versions``, ``new_name``, ``labels_layer``, ``status`` and ``_selection`` on
@@ -11,9 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ._common import META_KEY, show_info, show_warning
+from ._common import META_KEY, heavy_imports, report_failure, run_generator, show_info, show_warning
 
-__all__ = ["VersionsMixin"]
+__all__ = ["VersionsMixin", "import_package_job"]
+
+
+def import_package_job(path: str | Path, store: Any):
+    """Worker: read a BioImage.IO package napari-unet exported and add it to ``store``."""
+    yield f"reading {Path(path).name}"
+    with heavy_imports():
+        from napari_unet.io.bioimageio import read_package
+
+        model = read_package(path)
+    return store.add_version(model, parent=None, metrics={"imported_from": str(path)}, kind="import")
 
 
 class VersionsMixin:
@@ -112,3 +123,35 @@ class VersionsMixin:
         folder = QFileDialog.getExistingDirectory(self.native, "Model folder (weights.safetensors + config.json)")
         if folder:
             self.import_model(folder)
+
+    def import_package(self, path: str | Path) -> Any:
+        """Import a BioImage.IO package (.zip) napari-unet exported, off the GUI thread,
+        as a new version; returns the worker."""
+        self.import_package_button.enabled = False
+        self.status.value = f"importing {Path(path).name}…"
+
+        def done(version: Any) -> None:
+            self._selection.refresh()
+            self.status.value = f"imported {Path(path).name} as {version.id} ('{version.name}')"
+            show_info(f"Imported {Path(path).name} as {version.id} ('{version.name}'); "
+                      "choose it under Versions and press 'Use this version'.")
+
+        def failed(exc: BaseException) -> None:
+            self.status.value = report_failure(exc, "Import")
+
+        def finish() -> None:
+            self.import_package_button.enabled = True
+
+        # kept on the widget so the worker thread is not collected while it runs
+        self._import_worker = run_generator(import_package_job, path, self.store, on_return=done, on_error=failed,
+                                            on_finish=finish)
+        return self._import_worker
+
+    def _on_import_package(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _filter = QFileDialog.getOpenFileName(
+            self.native, "BioImage.IO package exported by napari-unet", "", "BioImage.IO package (*.zip)"
+        )
+        if path:
+            self.import_package(path)

@@ -118,7 +118,12 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
-        self.advanced = Container(widgets=[self.steps, self.device, self.seed])
+        self.keep_connected = CheckBox(
+            text="keep only regions connected to my corrections", value=True,
+            tooltip="in a stack, after a round: a predicted region that touches no pixel you corrected "
+            "as its class (through the slices) becomes background",
+        )
+        self.advanced = Container(widgets=[self.steps, self.device, self.seed, self.keep_connected])
         self.advanced.margins = (0, 0, 0, 0)
 
         self.review_button = PushButton(text="Mark slice reviewed (Shift-R)")
@@ -143,6 +148,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         self.rename_button = PushButton(text="Rename")
         self.export_button = PushButton(text="Export…")
         self.import_button = PushButton(text="Import folder…")
+        self.import_package_button = PushButton(text="Import…", tooltip="a BioImage.IO package (.zip) napari-unet exported")
         version_row = Container(widgets=[self.rollback_button, self.export_button], layout="horizontal", labels=False)
         version_row.margins = (0, 0, 0, 0)
         rename_row = Container(widgets=[self.new_name, self.rename_button], layout="horizontal")
@@ -166,7 +172,9 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         # the rarely used parts fold away, so the dock fits a laptop screen beside the image
         self.plot_section = section("Training plot", [self.plot.widget])
         self.plot_section.toggled.connect(lambda expanded: expanded and self.plot.shown())
-        self.versions_section = section("Versions", [self.versions, version_row, self.import_button, rename_row])
+        import_row = Container(widgets=[self.import_button, self.import_package_button], layout="horizontal", labels=False)
+        import_row.margins = (0, 0, 0, 0)
+        self.versions_section = section("Versions", [self.versions, version_row, import_row, rename_row])
         self.advanced_section = section("Advanced", [self.advanced])
         layout = self.native.layout()
         for box in (self.plot_section, self.versions_section, self.advanced_section):
@@ -197,6 +205,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         self.rename_button.changed.connect(self._on_rename)
         self.export_button.changed.connect(self._on_export)
         self.import_button.changed.connect(self._on_import)
+        self.import_package_button.changed.connect(self._on_import_package)
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
         viewer.dims.events.current_step.connect(self._update_trusted_status)
         for layer in viewer.layers:
@@ -375,6 +384,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             slices=len(tracker.trusted_slices()),
             uncertainty_map=find_uncertainty_layer(self._viewer, image_layer.name) is not None,
             zoom=_layer_zoom(labels_layer),
+            keep_connected=bool(self.keep_connected.value),
         )
 
     def finetune(self, *_: Any):
@@ -557,5 +567,13 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             f"{100 * stats['disagree_trusted']:.1f}% of them and changed {stats['changed_untrusted']} "
             f"other px. Now using {outcome.version.id}."
         )
+        if outcome.removed:
+            from napari_unet.core.postprocess import describe
+
+            names = {c.id: c.name for c in outcome.classes}
+            cleaned = describe(outcome.removed, names)
+            self.last_summary["left_out_regions"] = sum(r.regions for r in outcome.removed)
+            if cleaned:
+                self.summary.value += f" In the new labels: {cleaned}."
         self.status.value = "done: labels updated (your corrections kept as they are)"
         show_info(f"Fine-tuned {outcome.version.id}: val. Dice {_fmt(before)} → {_fmt(after)}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PLUGIN = "napari-unet"
+PLUGIN = "napari-unet-loop"
 LEFT_MIN_WIDTH = 245
 
 

@@ -1,0 +1,108 @@
+"""Clean-up of a predicted stack with what the user corrected.
+
+After a fine-tuning round on a few corrected slices, the network finds the
+corrected lesion again on the neighbouring slices, but it also fires on
+anatomy that no corrected slice showed (the skull vertex above a brain
+tumour, the heart next to a lung mass): many small, confident regions that
+the user would have to erase one by one. A lesion is one connected piece of
+tissue through the slices, so in a stack the regions of a class that do not
+connect, in 3D, to any pixel the user trusted as that class are almost
+always such false alarms.
+
+:func:`keep_connected` removes them. It changes only:
+
+* stacks (a 2D image has no slices to propagate through);
+* classes the user corrected in this scan (a class without a trusted pixel is
+  left as predicted: there is nothing to connect to);
+* regions touching no trusted pixel of their class; they become background,
+  and :class:`Removed` says how many and how large, so the user is told.
+
+Connectivity is the full 3x3x3 neighbourhood: slices are often thick (5-7 mm)
+and a lesion's outline moves by a pixel or two from one slice to the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+_FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Regions of one class left out because they touch no trusted pixel of it."""
+
+    class_id: int
+    regions: int
+    voxels: int
+    kept_regions: int
+
+
+def seeds_from_corrections(
+    trusted_labels: np.ndarray, trusted_mask: np.ndarray, classes=None
+) -> dict[int, np.ndarray]:
+    """``{class id: bool mask}`` of the pixels the user trusted as each class
+    (every non-background class present, or only ``classes``)."""
+    trusted_labels = np.asarray(trusted_labels)
+    trusted_mask = np.asarray(trusted_mask, dtype=bool)
+    if trusted_labels.shape != trusted_mask.shape:
+        raise ValueError(f"labels {trusted_labels.shape} and trust mask {trusted_mask.shape} differ in shape")
+    values = np.unique(trusted_labels[trusted_mask])
+    wanted = {int(v) for v in values if v != 0}
+    if classes is not None:
+        wanted &= {int(c) for c in classes}
+    return {c: trusted_mask & (trusted_labels == c) for c in sorted(wanted)}
+
+
+def keep_connected(labels: np.ndarray, seeds: dict[int, np.ndarray]) -> list[Removed]:
+    """Set to background, in place, every region of a seeded class that does
+    not touch a seed pixel of that class in 3D; return what was removed (one
+    :class:`Removed` per class that had seeds, even when nothing went).
+
+    ``labels`` is a (Z, Y, X) stack; a 2D image is returned unchanged (an
+    empty list). A class whose seeds the prediction misses completely is left
+    as predicted: removing everything would hide that the model disagrees.
+    """
+    if labels.ndim != 3 or not seeds:
+        return []
+    report = []
+    for class_id, seed in seeds.items():
+        seed = np.asarray(seed, dtype=bool)
+        if seed.shape != labels.shape:
+            raise ValueError(f"seeds of class {class_id} {seed.shape} differ from the labels {labels.shape}")
+        region = labels == class_id
+        components, count = ndimage.label(region, structure=_FULL)
+        if count == 0:
+            report.append(Removed(class_id, 0, 0, 0))
+            continue
+        touched = np.unique(components[seed & region])
+        touched = touched[touched != 0]
+        if touched.size == 0:
+            report.append(Removed(class_id, 0, 0, count))
+            continue
+        keep = np.zeros(count + 1, dtype=bool)
+        keep[touched] = True
+        drop = region & ~keep[components]
+        voxels = int(drop.sum())
+        labels[drop] = 0
+        report.append(Removed(class_id, count - int(touched.size), voxels, int(touched.size)))
+    return report
+
+
+def describe(report: list[Removed], names: dict[int, str] | None = None) -> str:
+    """One line for the user, e.g. "kept the tumor regions connected to your
+    corrections (1); left out 12 others (3 401 voxels)"; "" when nothing was removed."""
+    parts = []
+    for item in report:
+        if item.regions == 0:
+            continue
+        name = (names or {}).get(item.class_id, f"class {item.class_id}")
+        parts.append(
+            f"kept the {name} region{'s' if item.kept_regions != 1 else ''} connected to your corrections "
+            f"({item.kept_regions}); left out {item.regions} other{'s' if item.regions != 1 else ''} "
+            f"({item.voxels:,} voxels)"
+        )
+    return "; ".join(parts)

@@ -1,0 +1,69 @@
+"""Keeping the regions connected to the user's corrections (core/postprocess.py)."""
+
+import numpy as np
+import pytest
+
+from napari_unet.core.postprocess import describe, keep_connected, seeds_from_corrections
+
+
+def _stack():
+    labels = np.zeros((6, 20, 20), np.uint8)
+    labels[1:4, 5:9, 5:9] = 1  # the lesion, through three slices
+    labels[5, 15:18, 15:18] = 1  # a false alarm on another slice
+    labels[2, 15:17, 1:3] = 1  # a false alarm on a corrected slice's neighbour
+    labels[0:6, 12, 0:20] = 2  # a second class, never corrected
+    return labels
+
+
+def test_regions_not_touching_a_trusted_pixel_of_their_class_are_removed():
+    labels = _stack()
+    truth = np.zeros_like(labels)
+    truth[1, 5:9, 5:9] = 1
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True  # slice 1 corrected: the lesion there, nothing else
+    seeds = seeds_from_corrections(truth, mask)
+    assert set(seeds) == {1}
+    before = labels.copy()
+    [removed] = keep_connected(labels, seeds)
+    assert removed.class_id == 1 and removed.regions == 2 and removed.kept_regions == 1
+    assert removed.voxels == 9 + 4
+    assert (labels[1:4, 5:9, 5:9] == 1).all()  # the lesion stays on the slices nobody corrected
+    assert (labels[5] == 1).sum() == 0 and (labels[2, 15:17, 1:3] == 0).all()
+    assert (labels == 2).sum() == (before == 2).sum()  # an uncorrected class is left as predicted
+    assert "left out 2 others" in describe([removed], {1: "tumor"})
+
+
+def test_connectivity_runs_through_diagonal_neighbours_across_slices():
+    labels = np.zeros((3, 10, 10), np.uint8)
+    labels[0, 2, 2] = labels[1, 3, 3] = labels[2, 4, 4] = 1  # a lesion that drifts in-plane
+    seeds = {1: np.zeros(labels.shape, bool)}
+    seeds[1][0, 2, 2] = True
+    [removed] = keep_connected(labels, seeds)
+    assert removed.regions == 0 and labels.sum() == 3
+
+
+def test_a_prediction_missing_every_seed_is_left_alone():
+    labels = _stack()
+    seeds = {1: np.zeros(labels.shape, bool)}
+    seeds[1][0, 0, 0] = True  # the user's lesion is somewhere the model found nothing
+    before = labels.copy()
+    [removed] = keep_connected(labels, seeds)
+    assert removed.regions == 0 and removed.kept_regions == 3
+    np.testing.assert_array_equal(labels, before)
+    assert describe([removed]) == ""
+
+
+def test_a_2d_image_and_no_seeds_change_nothing():
+    image = np.zeros((10, 10), np.uint8)
+    image[1, 1] = image[8, 8] = 1
+    seeds = {1: np.ones_like(image, bool)}
+    assert keep_connected(image, seeds) == [] and image.sum() == 2
+    stack = _stack()
+    assert keep_connected(stack, {}) == []
+
+
+def test_seeds_must_match_the_labels():
+    with pytest.raises(ValueError, match="differ"):
+        seeds_from_corrections(np.zeros((2, 3, 3)), np.zeros((2, 3, 4), bool))
+    with pytest.raises(ValueError, match="differ"):
+        keep_connected(np.zeros((2, 3, 3), np.uint8), {1: np.zeros((2, 3, 4), bool)})
