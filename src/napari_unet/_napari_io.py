@@ -100,7 +100,6 @@ def use_plugin_reader_by_default() -> bool:
     (``False``) when napari's settings cannot be used."""
     try:
         from napari.settings import get_settings
-
         from npe2 import PluginManager
 
         settings = get_settings().plugins

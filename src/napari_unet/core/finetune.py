@@ -265,7 +265,6 @@ def _block_split(
     if len(occupied) < 3:
         return trusted.astype(np.float32), empty, []
     n_val = max(1, int(round(options.val_fraction * len(occupied))))
-    guard = max(1, edge // 8)
     classes = [int(c) for c in np.unique(labels[trusted]) if c != 0] if labels is not None else []
 
     #: smaller blocks held back for a class no block of the slice's edge can spare
