@@ -28,6 +28,7 @@ Usage::
     python benchmarks/bench_hitl_real.py --cases lung2 --ks 0 3 --no-scratch
     python benchmarks/bench_hitl_real.py --json .cache/real.json --picture docs/images/hitl_real.png
     python benchmarks/bench_hitl_real.py --ks 3 10 --no-scratch --strategy both --curve docs/images/strategies.png
+    python benchmarks/bench_hitl_real.py --ks 1 3 10 --no-scratch --options '{"keep": "last", "patience": null}'
 
 ``--strategy suggested`` (the annotate-next issue): rounds of predict ->
 correct the most uncertain unreviewed pool slices (the predictor's slice
@@ -207,7 +208,7 @@ def run_case(name: str, args, base) -> dict:
             mask[chosen] = True
             start = time.perf_counter()
             result = finetune(volume, truth, mask, base, max_seconds=args.seconds, device="cpu",
-                              seed=args.seed, return_result=True)
+                              seed=args.seed, options=args.finetune_options, return_result=True)
             row.update(
                 slices=chosen,
                 seconds=round(time.perf_counter() - start, 1),
@@ -288,7 +289,7 @@ def run_case_suggested(name: str, args, base) -> dict:
             mask = np.zeros(truth.shape, bool)
             mask[reviewed] = True
             result = finetune(volume, truth, mask, model, max_seconds=args.seconds, device="cpu",
-                              seed=args.seed, return_result=True)
+                              seed=args.seed, options=args.finetune_options, return_result=True)
             model = result.model
             rounds.append({"picked": picked, "tumour_in_picked": int(truth[picked].sum()),
                            "steps": result.steps, "stop": result.stop_reason})
@@ -411,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="budget per round (default: the library's)")
     parser.add_argument("--model", default=None, help="model to start from (default: the bundled model)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--options", default="{}", metavar="JSON",
+                        help='FinetuneOptions fields to change, e.g. \'{"keep": "last", "patience": null}\'')
     parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="skip the MONAI anchor")
     parser.add_argument("--save-models", type=Path, default=None, help="keep the fine-tuned models here")
     parser.add_argument("--picture", type=Path, default=None, help="write a before/after picture (k=3)")
@@ -432,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     from napari_unet.core.weights import load_model
 
     args.seconds = args.seconds or CPU_SECONDS
+    from napari_unet.core.finetune import FinetuneOptions
+
+    try:
+        args.finetune_options = FinetuneOptions(**json.loads(args.options))
+    except (ValueError, TypeError) as exc:
+        print(f"--options: {exc}", file=sys.stderr)
+        return 2
     if args.picture and args.save_models is None:
         args.save_models = ROOT / ".cache" / "bench_hitl_real_models"
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # first-use import cost, not timed
@@ -450,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         print("suggested:\n" + table(suggested, sorted({r["k"] for res in suggested for r in res["rows"]})))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": base.config.name, "seconds": args.seconds, "cases": results, "suggested": suggested}
+        payload = {"model": base.config.name, "seconds": args.seconds, "options": json.loads(args.options),
+                   "cases": results, "suggested": suggested}
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
     if args.curve and results and suggested:
         strategy_curve(results, suggested, args.curve)

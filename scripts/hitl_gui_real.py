@@ -57,6 +57,9 @@ def main() -> None:
     app = QApplication.instance()
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
     _, tune = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Fine-tune")
+    from napari_unet.widgets.launch import fit_docks
+
+    fit_docks(viewer)  # as the launcher sizes them, so the picture shows what a user sees
     (image_layer,) = open_in_viewer(viewer, args.data / f"{args.case}_image.nii.gz")
     segment.reset_choices()
     segment.image.value = image_layer
@@ -80,6 +83,7 @@ def main() -> None:
     wait(tune, app)
     gui_wall = time.perf_counter() - start
     print("fine-tune:", tune.status.value)
+    print("summary:", tune.summary.value)
     after = np.asarray(result.data)
     gui_dice = dice(after[median:], truth[median:])
     newest = max(models.rglob("config.json"), key=lambda p: p.stat().st_mtime)
