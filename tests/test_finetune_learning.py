@@ -41,8 +41,10 @@ def test_a_round_learns_a_low_contrast_lesion_in_hounsfield_units(small_model):
     volume, labels = ct_volume(seed=1, slices=3, size=64, contrast=-40.0)
     mask = np.zeros(labels.shape, bool)
     mask[:2] = True  # two corrected slices; slice 2 is held out
-    # batch norm as the model has it: this test is about the window alone
-    options = FinetuneOptions(lr=1e-2, crop_size=32, warmup_steps=2, norm_eval=False, instance_norm=False)
+    # batch norm as the model has it, and half the crops on the lesion (0.3's share; with
+    # 0.4's third this tiny net reaches 0.55 in 150 steps): this test is about the window alone
+    options = FinetuneOptions(lr=1e-2, crop_size=32, warmup_steps=2, norm_eval=False, instance_norm=False,
+                              foreground_crops=0.5)
     before = dice_per_class(predict(volume[2], small_model, device="cpu").labels, labels[2], 3)[1]
     result = finetune(volume, labels, mask, small_model, steps=150, device="cpu", options=options,
                       return_result=True)

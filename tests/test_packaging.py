@@ -17,7 +17,7 @@ def wheel(tmp_path_factory):
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(out)],
         check=True, capture_output=True, timeout=300,
     )
-    (path,) = out.glob("napari_unet-*.whl")
+    (path,) = out.glob("napari_unet_loop-*.whl")
     return path
 
 
