@@ -70,3 +70,17 @@ def store_dir(tmp_path, monkeypatch):
     folder = tmp_path / "store"
     monkeypatch.setenv("NAPARI_UNET_MODELS_DIR", str(folder))
     return folder
+
+
+@pytest.fixture
+def threshold_network(monkeypatch):
+    """The network replaced by a threshold: class 1 where the normalised plane is bright."""
+    import napari_unet.core.predict as predict_module
+
+    def planes_by_threshold(planes, num_planes, shape, runner, divisor, options):
+        for index, plane in enumerate(planes):
+            middle = (plane[0].min() + plane[0].max()) / 2  # whatever the normalisation
+            bright = (plane[0] > middle).astype(np.float32)
+            yield index, np.stack([1 - bright, bright, np.zeros_like(bright)])
+
+    monkeypatch.setattr(predict_module, "predict_planes", planes_by_threshold)

@@ -119,20 +119,6 @@ def test_failure_during_prediction_writes_nothing(stack_tif, tiny_model_dir, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif", "tiny-model"]
 
 
-@pytest.fixture
-def threshold_network(monkeypatch):
-    """The network replaced by a threshold: class 1 where the normalised plane is bright."""
-    import napari_unet.core.predict as predict_module
-
-    def planes_by_threshold(planes, num_planes, shape, runner, divisor, options):
-        for index, plane in enumerate(planes):
-            middle = (plane[0].min() + plane[0].max()) / 2  # whatever the normalisation
-            bright = (plane[0] > middle).astype(np.float32)
-            yield index, np.stack([1 - bright, bright, np.zeros_like(bright)])
-
-    monkeypatch.setattr(predict_module, "predict_planes", planes_by_threshold)
-
-
 def test_corrections_leave_out_regions_not_connected_to_them(tiny_model_dir, tmp_path, capsys, threshold_network):
     scan = np.zeros((4, 30, 30), np.uint16)
     scan[0:3, 5:10, 5:10] = 1000  # the lesion the user corrected on slice 1

@@ -280,18 +280,11 @@ def test_every_field_has_its_label(make_napari_viewer, blob_image, store_dir, sy
 
 @pytest.mark.parametrize("keep_connected", [True, False])
 def test_after_a_round_regions_not_connected_to_the_corrections_are_left_out(
-    make_napari_viewer, tiny_model_dir, store_dir, sync, monkeypatch, keep_connected
+    make_napari_viewer, tiny_model_dir, store_dir, sync, threshold_network, keep_connected
 ):
-    import napari_unet.core.predict as predict_module
     from napari_unet.widgets.corrections import tracker_for
     from napari_unet.widgets.finetune import FinetuneWidget
 
-    def planes_by_threshold(planes, num_planes, shape, runner, divisor, options):
-        for index, plane in enumerate(planes):  # the network replaced by a threshold
-            bright = (plane[0] > (plane[0].min() + plane[0].max()) / 2).astype(np.float32)
-            yield index, np.stack([1 - bright, bright, np.zeros_like(bright)])
-
-    monkeypatch.setattr(predict_module, "predict_planes", planes_by_threshold)
     stack = np.full((4, 30, 30), 100, np.float32)
     stack[0:3, 5:10, 5:10] = 300  # the lesion, through slices 0-2
     stack[3, 20:25, 20:25] = 300  # a look-alike on a slice nobody corrected

@@ -72,8 +72,10 @@ class FinetuneOutcome:
     #: the re-segmentation's uncertainty map and per-slice scores (for "Review next")
     uncertainty: np.ndarray | None = None
     slice_uncertainty: np.ndarray | None = None
-    #: regions the re-segmentation left out (:class:`~napari_unet.core.postprocess.Removed`)
+    #: regions the re-segmentation left out (:class:`~napari_unet.core.postprocess.Removed`),
+    #: and the sentence that says so ("" when none)
     removed: list = field(default_factory=list)
+    removed_text: str = ""
 
 
 #: seconds between two training steps shown in the GUI (validation checks always are)
@@ -231,7 +233,16 @@ def finetune_job(
         uncertainty=prediction.uncertainty if request.uncertainty_map else None,
         slice_uncertainty=prediction.slice_uncertainty,
         removed=list(prediction.removed),
+        removed_text=_describe_removed(prediction.removed, trained.config.classes),
     )
+
+
+def _describe_removed(removed: list, classes) -> str:
+    if not removed:
+        return ""
+    from napari_unet.core.postprocess import describe
+
+    return describe(removed, {c.id: c.name for c in classes})
 
 
 # ------------------------------------------------------------- statistics

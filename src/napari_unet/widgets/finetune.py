@@ -568,12 +568,8 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             f"other px. Now using {outcome.version.id}."
         )
         if outcome.removed:
-            from napari_unet.core.postprocess import describe
-
-            names = {c.id: c.name for c in outcome.classes}
-            cleaned = describe(outcome.removed, names)
             self.last_summary["left_out_regions"] = sum(r.regions for r in outcome.removed)
-            if cleaned:
-                self.summary.value += f" In the new labels: {cleaned}."
+        if outcome.removed_text:
+            self.summary.value += f" In the new labels: {outcome.removed_text}."
         self.status.value = "done: labels updated (your corrections kept as they are)"
         show_info(f"Fine-tuned {outcome.version.id}: val. Dice {_fmt(before)} → {_fmt(after)}.")
