@@ -135,6 +135,33 @@ def test_cli_reports_each_scan_and_exits_1_on_failure(cluster, scans, tiny_model
     assert "skipping 1 of 2 scans" in err and "1 done, 1 skipped, 0 failed" in err
 
 
+def test_cli_index_picks_the_volume_of_4d_scans_and_3d_ones_ignore_it(cluster, scans, tiny_model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    series = rng.integers(0, 1000, (32, 32, 4, 3)).astype(np.int16)  # x, y, z, t
+    nib.save(nib.Nifti1Image(series, AFFINE), tmp_path / "series.nii.gz")
+    inputs = [str(tmp_path / "series.nii.gz"), str(scans / "alpha.nii.gz")]
+    common = ["--model", str(tiny_model_dir), "--scheduler", cluster.scheduler.address]
+
+    # without --index the 4D scan fails with advice that names this command's real option
+    assert main(["batch", *inputs, "-o", str(tmp_path / "none"), *common]) == 1
+    err = capsys.readouterr().err
+    assert "series.nii.gz failed: " in err and "--index N" in err and "0..2" in err
+    assert (tmp_path / "none" / "alpha_labels.nii.gz").exists()
+
+    out = tmp_path / "two"
+    assert main(["batch", *inputs, "-o", str(out), "--index", "2", *common]) == 0
+    capsys.readouterr()
+    # the labels of time point 2 are those `predict --index 2` writes; the 3D scan ignores the index
+    assert main(["predict", inputs[0], "-o", str(tmp_path / "p.nii.gz"), "--index", "2",
+                 "--model", str(tiny_model_dir)]) == 0
+    got = np.asarray(nib.load(out / "series_labels.nii.gz").dataobj)
+    assert got.shape == (32, 32, 4)
+    np.testing.assert_array_equal(got, np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj))
+    assert nib.load(out / "alpha_labels.nii.gz").shape == (32, 32, 4)
+    with pytest.raises(BatchError, match="whole number"):
+        plan_batch(inputs, out, index=-1)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -75,18 +75,26 @@ class ScanResult:
         return self.sink.label_counts()
 
 
-def open_scan(path: str | os.PathLike, index: int | None = None):
+def open_scan(path: str | os.PathLike, index: int | None = None, *, leading_only: bool = False):
     """Read the scan at ``path`` and name its layout: ``(scan, layout)``.
 
-    Raises :class:`ScanError` with the CLI's one-line messages."""
+    ``index`` picks one volume of a 4D/5D scan; with ``leading_only`` a 2D/3D
+    scan ignores it (one index for a whole batch). Raises :class:`ScanError`
+    with the CLI's one-line messages."""
     from napari_unet.core.predict import image_layout
     from napari_unet.io import IOErrorMessage, read_scan
+    from napari_unet.io.base import IndexRequired
 
     path = Path(path)
     if not path.exists():
         raise ScanError(f"{path}: no such file")
     try:
-        scan = read_scan(path, index=index)
+        scan = read_scan(path, index=index, leading_only=leading_only)
+    except IndexRequired as exc:
+        if not leading_only:
+            raise ScanError(str(exc)) from exc
+        raise ScanError(f"{exc.summary}; pick one volume with --index N (index=N in Python), "
+                        f"0..{exc.count - 1}") from exc
     except IOErrorMessage as exc:
         raise ScanError(str(exc)) from exc
     try:
@@ -167,6 +175,8 @@ class BatchJob:
     skip: bool = False
     #: replace an existing output
     overwrite: bool = False
+    #: the volume of a 4D/5D scan to segment (2D/3D scans ignore it)
+    index: int | None = None
 
 
 def scan_stem(path: str | os.PathLike) -> str:
@@ -287,9 +297,13 @@ def plan_batch(
     out_dir: str | os.PathLike,
     format: str = "nii.gz",
     overwrite: bool = False,
+    index: int | None = None,
 ) -> list[BatchJob]:
     """One :class:`BatchJob` per scan found in ``paths``: ``OUT_DIR/<stem>_labels.<format>``,
-    marked ``skip`` when that output exists and not ``overwrite``."""
+    marked ``skip`` when that output exists and not ``overwrite``; ``index``
+    picks the volume of every 4D/5D scan."""
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise BatchError(f"index must be a whole number >= 0, got {index!r}")
     suffix = FORMATS[output_format(format)]
     out_dir = Path(out_dir)
     if isinstance(paths, str | os.PathLike):
@@ -301,7 +315,7 @@ def plan_batch(
     for path, name in zip(inputs, output_names(inputs)):
         output = out_dir / f"{name}_labels{suffix}"
         exists = output.exists() or output.is_symlink()
-        jobs.append(BatchJob(path, output, skip=exists and not overwrite, overwrite=overwrite))
+        jobs.append(BatchJob(path, output, skip=exists and not overwrite, overwrite=overwrite, index=index))
     return jobs
 
 
@@ -371,7 +385,7 @@ def run_job(job: BatchJob, model, options, classes: Sequence[tuple[int, str]], t
                 if torch.get_num_threads() != torch_threads:
                     torch.set_num_threads(torch_threads)
             loaded = worker_model(model) if isinstance(model, _ModelRef) else model
-            scan, layout = open_scan(job.input)
+            scan, layout = open_scan(job.input, index=job.index, leading_only=True)
             result = segment_scan(scan, layout, loaded, job.output, options, overwrite=job.overwrite)
         notes.extend(result.prediction.notes)
         row["status"] = DONE
@@ -473,6 +487,7 @@ def predict_batch(
     batch_size: int = 4,
     precision: str = "auto",
     zoom: float | None = None,
+    index: int | None = None,
     progress: Callable[[dict, int, int], None] | None = None,
     jobs: Sequence[BatchJob] | None = None,
 ) -> list[dict]:
@@ -486,8 +501,9 @@ def predict_batch(
     ``workers`` single-threaded processes for this call. Outputs that exist are
     skipped unless ``overwrite`` (they are not passed to ``progress``).
     ``progress(row, finished, total)`` is called as each scan finishes;
+    ``index``: the volume to segment of every 4D/5D scan (2D/3D scans ignore it).
     ``jobs``: a plan from :func:`plan_batch` to run instead of planning
-    ``paths`` (``format`` and ``overwrite`` are then the plan's). Returns one row per scan, in input order: ``input``,
+    ``paths`` (``format``, ``overwrite`` and ``index`` are then the plan's). Returns one row per scan, in input order: ``input``,
     ``output``, ``status`` (``done``/``skipped``/``failed``), ``seconds``,
     ``counts`` (voxels per class name), ``error`` and ``notes``.
 
@@ -504,7 +520,7 @@ def predict_batch(
         raise BatchError("workers applies to the local cluster only; size the cluster of your client instead")
     out_dir = Path(out_dir)
     if jobs is None:
-        jobs = plan_batch(paths, out_dir, format=format, overwrite=overwrite)
+        jobs = plan_batch(paths, out_dir, format=format, overwrite=overwrite, index=index)
     loaded = model if isinstance(model, SegmentationModel) else load_model(model, device="cpu")
     classes = [(int(c.id), str(c.name)) for c in loaded.config.classes]
     try:

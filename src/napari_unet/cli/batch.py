@@ -37,6 +37,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--format", default="nii.gz", choices=("nii.gz", "tif", "zarr"),
                    help="output format (default: nii.gz)")
+    p.add_argument(
+        "--index", type=int, default=None,
+        help="for 4D/5D inputs: which time point / channel volume to segment (0-based); 2D/3D inputs ignore it",
+    )
     p.add_argument("--overwrite", action="store_true", help="segment again scans whose output exists")
     p.add_argument("--quiet", action="store_true", help="no line per scan (failures and the summary still print)")
     p.set_defaults(func=run)
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if local:
         check_device(args.device)  # a remote cluster's workers resolve the device themselves
     try:
-        jobs = plan_batch(args.inputs, args.out_dir, format=args.format, overwrite=args.overwrite)
+        jobs = plan_batch(args.inputs, args.out_dir, format=args.format, overwrite=args.overwrite,
+                          index=args.index)
     except BatchError as exc:
         raise CLIError(str(exc)) from exc
     skipped = sum(job.skip for job in jobs)

@@ -122,18 +122,21 @@ def _check_content(path: Path, kind: str) -> None:
     raise IOErrorMessage(f"{path}: is a {found} file despite its {suffix} name{hint}")
 
 
-def read_scans(path: str | os.PathLike, index: Index = None) -> list[Scan]:
+def read_scans(path: str | os.PathLike, index: Index = None, *, leading_only: bool = False) -> list[Scan]:
     """Every scan in ``path`` (a DICOM folder may hold several series), each 2D or 3D.
 
     ``index`` picks one volume of a 4D/5D file (see :func:`select_index`);
-    without it such a file is an error that says how to choose.
+    without it such a file is an error that says how to choose. With
+    ``leading_only`` the index applies to 4D/5D scans only and 2D/3D ones are
+    returned as they are (a batch of mixed scans given one ``--index``).
     """
-    return [select_index(scan, index) for scan in read_all_axes(path)]
+    return [select_index(scan, index if scan.leading_axes or not leading_only else None)
+            for scan in read_all_axes(path)]
 
 
-def read_scan(path: str | os.PathLike, index: Index = None) -> Scan:
+def read_scan(path: str | os.PathLike, index: Index = None, *, leading_only: bool = False) -> Scan:
     """The one scan in ``path``; a folder with several DICOM series is an error that names them."""
-    scans = read_scans(path, index)
+    scans = read_scans(path, index, leading_only=leading_only)
     if len(scans) > 1:
         names = ", ".join(repr(s.name) for s in scans)
         raise IOErrorMessage(
