@@ -45,6 +45,7 @@ __all__ = [
     "show_info",
     "show_warning",
     "synchronous",
+    "warm_up_once",
 ]
 
 META_KEY = "napari_unet"
@@ -73,6 +74,72 @@ def heavy_imports() -> Iterator[None]:
     """Hold the lock that keeps workers from importing torch modules at the same time."""
     with _IMPORT_LOCK:
         yield
+
+
+# ------------------------------------------------------------------ warm-up
+_WARM_LOCK = threading.Lock()
+_WARMED = threading.Event()
+_WARMING: list[Any] = []  # the one warm-up worker of this process, once started
+
+
+def warm_up() -> Generator[None, None, None]:
+    """Do, off the GUI thread and before the first click, the first-time work
+    that would otherwise freeze the window the first time it is needed.
+
+    - torch and the core (the first optimiser made in a process imports a
+      large part of torch; an import holds the GIL for long stretches);
+    - pandas (the result layer's class features);
+    - napari's first label colormap (it imports skimage.color, ~0.2 s);
+    - vispy's dash patterns, computed in Python the first time any vispy line
+      is made in the agg style (~0.2 s; napari's labels polygon overlay, made
+      with every new Labels layer); vispy caches them for the process;
+    - scipy.ndimage (the clean-up after a round);
+    - then ``gc.freeze()``: with torch, napari and matplotlib loaded a process
+      holds over half a million objects, and every full garbage collection
+      walks them all (0.5 s on a 2-core laptop, at a moment nobody chooses: in
+      the middle of adding a layer or of a training round). Frozen, the
+      modules' objects are left out of later collections; new garbage is
+      still collected.
+    """
+    with heavy_imports():
+        import torch
+
+        import napari_unet.core.finetune  # noqa: F401
+        import napari_unet.core.postprocess  # noqa: F401
+        import napari_unet.core.predict  # noqa: F401
+
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    yield None
+    import pandas  # noqa: F401
+
+    yield None
+    from napari.utils.colormaps import label_colormap
+
+    label_colormap(49)
+    yield None
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except Exception:  # a vispy without it: nothing to warm
+        _log.debug("no vispy dash atlas to warm", exc_info=True)
+    yield None
+    import gc
+
+    gc.freeze()
+    yield None
+
+
+def warm_up_once() -> threading.Event:
+    """Start this process's warm-up worker (:func:`warm_up`) unless it has been
+    started; the returned event is set when it is done (at once when
+    :func:`synchronous`, where nothing is warmed)."""
+    with _WARM_LOCK:
+        if synchronous():
+            _WARMED.set()
+        elif not _WARMING and not _WARMED.is_set():
+            _WARMING.append(run_generator(warm_up, on_finish=_WARMED.set))
+    return _WARMED
 
 
 # ------------------------------------------------------------------ failures

@@ -20,7 +20,7 @@ import numpy as np
 from ._common import heavy_imports
 from ._review import DiscardMap
 
-__all__ = ["FinetuneOutcome", "FinetuneRequest", "finetune_job", "round_summary", "warm_up"]
+__all__ = ["FinetuneOutcome", "FinetuneRequest", "finetune_job", "round_summary"]
 
 
 @dataclass
@@ -95,23 +95,6 @@ def _store_version_of(store: Any, source: str | None) -> str | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def warm_up() -> Generator[None, None, None]:
-    """Import what a fine-tune needs, off the GUI thread, before the first click.
-
-    The first optimiser made in a process imports a large part of torch; any
-    import holds the GIL for long stretches, which would freeze the window for
-    up to a second at the start of the first round if left to the run itself.
-    """
-    with heavy_imports():
-        import torch
-
-        import napari_unet.core.finetune  # noqa: F401
-        import napari_unet.core.predict  # noqa: F401
-
-        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-    yield None
 
 
 def _accepts(function: Any, name: str) -> bool:

@@ -45,9 +45,9 @@ from ._common import (
     run_generator,
     show_info,
     show_warning,
-    synchronous,
+    warm_up_once,
 )
-from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary, warm_up
+from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary
 from ._gate import GateMixin
 from ._review import ReviewNext, find_uncertainty_layer, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
@@ -212,11 +212,14 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             self._attach(layer)
         self._on_image_choice()
         self._on_labels_choice()
-        self.warmed_up = synchronous()
-        if not self.warmed_up:
-            run_generator(warm_up, on_finish=lambda: setattr(self, "warmed_up", True))
+        self._warmed = warm_up_once()
 
     # ------------------------------------------------------------- plumbing
+    @property
+    def warmed_up(self) -> bool:
+        """Whether the process's first-time imports (see :func:`._common.warm_up`) are done."""
+        return self._warmed.is_set()
+
     @property
     def store(self) -> Any:
         """The user's model store (the viewer's shared one, created on first use)."""

@@ -47,6 +47,7 @@ from ._common import (
     run_generator,
     show_info,
     show_warning,
+    warm_up_once,
 )
 from ._review import SCORES_KEY, DiscardMap, empty_map, show_uncertainty, store_slice_scores
 
@@ -213,6 +214,7 @@ class SegmentWidget(Container):
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self.model_folder.visible = self.model.value == FOLDER_CHOICE
+        self._warmed = warm_up_once()  # the first-time imports, before the first click
 
     # ---------------------------------------------------------------- models
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
