@@ -57,3 +57,37 @@ def test_docking_again_returns_the_same_widget(launched):
     again = dock_plugin_widget(launched, "Segment")
     assert len(launched.window.dock_widgets) == 2
     assert again is next(w for k, w in first.items() if k.startswith("Segment ("))
+
+
+def test_the_window_is_kept_on_a_small_screen_and_fills_it(launched):
+    from napari_unet.widgets.launch import SMALL_SCREEN, fit_window
+
+    main = launched.window._qt_window
+    area = main.screen().availableGeometry()
+    main.resize(area.width() + 300, area.height() + 200)  # napari's saved size, larger than the screen
+    main.move(area.x() + 50, area.y() + 40)
+    fit_window(launched)
+    frame = main.frameGeometry()
+    assert frame.width() <= area.width() and frame.height() <= area.height()
+    assert area.contains(frame)
+    if area.width() <= SMALL_SCREEN:  # a laptop-sized screen: the window takes all its width
+        main.resize(area.width() // 2, area.height() // 2)
+        fit_window(launched)
+        assert main.frameGeometry().width() == area.width()
+
+
+def test_a_scrolling_dock_widens_with_its_fields(qtbot):
+    from magicgui.widgets import Container, Label
+
+    from napari_unet.widgets._layout import make_scrollable
+
+    container = Container(widgets=[Label(value="short")])
+    scroll = make_scrollable(container)
+    qtbot.addWidget(container.native)
+    before = scroll.minimumSizeHint().width()
+    wide = Label(value="a status line that arrives later and is much wider than the first one")
+    wide.native.setMinimumWidth(before + 200)
+    container.append(wide)  # magicgui adds to the layout now inside the scroll area
+    qtbot.wait(20)
+    inner = scroll.widget()
+    assert scroll.minimumSizeHint().width() >= inner.minimumSizeHint().width() >= before + 200

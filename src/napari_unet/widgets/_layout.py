@@ -77,13 +77,29 @@ def make_scrollable(container: Any) -> Any:
     layout.addStretch(1)  # the fields stay at the top of a tall dock
     inner = QWidget()
     inner.setLayout(layout)  # takes the layout (and its widgets) from ``outer``
-    scroll = QScrollArea()
+    class Scroll(QScrollArea):
+        """As wide as the fields need now (they grow after construction: a status
+        line, a layer name), so the dock never clips them on the right."""
+
+        def minimumSizeHint(self):
+            hint = super().minimumSizeHint()
+            fields = self.widget()
+            if fields is not None:
+                need = fields.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                hint.setWidth(max(hint.width(), need))
+            return hint
+
+        def eventFilter(self, watched, event):
+            if watched is self.widget() and event.type() == event.Type.LayoutRequest:
+                self.updateGeometry()
+            return super().eventFilter(watched, event)
+
+    scroll = Scroll()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     scroll.setWidget(inner)
-    scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
     box = QVBoxLayout(outer)
     box.setContentsMargins(0, 0, 0, 0)
     box.addWidget(scroll)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 PLUGIN = "napari-unet-loop"
 LEFT_MIN_WIDTH = 245
+#: screens up to this wide (laptops) get the whole width for the window
+SMALL_SCREEN = 1600
 
 
 def dock_plugin_widget(viewer, widget_name: str):
@@ -51,8 +53,47 @@ def open_viewer(file: str | None = None, sample: str = "retina", viewer=None):
         viewer.open_sample(PLUGIN, sample)
     dock_plugin_widget(viewer, "Segment")
     dock_plugin_widget(viewer, "Fine-tune")
+    fit_window(viewer)
     fit_docks(viewer)
+    # once the event loop has laid the window out at its real size, again
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(200, lambda: _refit(viewer))
     return viewer
+
+
+def _refit(viewer) -> None:
+    try:
+        fit_window(viewer)
+        fit_docks(viewer)
+    except (AttributeError, RuntimeError):  # the window was closed before the timer fired
+        pass
+
+
+def fit_window(viewer) -> None:
+    """Keep the window on its screen: napari opens at its saved (or default) size,
+    which may be larger than a laptop's 1280x800; then the bottom of the docks
+    and the status bar are off screen. A window that does not fit is shrunk to
+    the screen's available area, and on a screen up to ``SMALL_SCREEN`` px wide it
+    fills that area (the docks take ~600 px; the image gets the rest). A
+    maximised or full-screen window is left alone."""
+    main = viewer.window._qt_window
+    screen = main.screen()
+    if screen is None or main.isMaximized() or main.isFullScreen():
+        return
+    area = screen.availableGeometry()
+    frame = main.frameGeometry()
+    extra_w, extra_h = frame.width() - main.width(), frame.height() - main.height()
+    small = area.width() <= SMALL_SCREEN
+    if area.contains(frame) and not (small and frame.width() < area.width()):
+        return
+    width = area.width() - extra_w if small else min(main.width(), area.width() - extra_w)
+    height = min(main.height(), area.height() - extra_h)
+    main.resize(width, height)
+    frame = main.frameGeometry()
+    x = min(max(frame.x(), area.x()), area.right() - frame.width() + 1)
+    y = min(max(frame.y(), area.y()), area.bottom() - frame.height() + 1)
+    main.move(x, y)
 
 
 def _clamp(value: float, low: int, high: int) -> int:
