@@ -22,7 +22,7 @@ def test_regions_not_touching_a_trusted_pixel_of_their_class_are_removed():
     mask = np.zeros(labels.shape, bool)
     mask[1] = True  # slice 1 corrected: the lesion there, nothing else
     seeds = seeds_from_corrections(truth, mask)
-    assert set(seeds) == {1}
+    assert set(seeds) == {0, 1}
     before = labels.copy()
     [removed] = keep_connected(labels, seeds)
     assert removed.class_id == 1 and removed.regions == 2 and removed.kept_regions == 1
@@ -67,3 +67,33 @@ def test_seeds_must_match_the_labels():
         seeds_from_corrections(np.zeros((2, 3, 3)), np.zeros((2, 3, 4), bool))
     with pytest.raises(ValueError, match="differ"):
         keep_connected(np.zeros((2, 3, 3), np.uint8), {1: np.zeros((2, 3, 4), bool)})
+
+
+def test_a_lesion_found_only_next_to_the_corrected_slice_connects_through_the_users_labels():
+    labels = _stack()
+    labels[1] = 0  # on the corrected slice itself the network found nothing...
+    truth = np.zeros_like(labels)
+    truth[1, 5:9, 5:9] = 1  # ...but the user drew the lesion there
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True
+    seeds = seeds_from_corrections(truth, mask)
+    assert set(seeds) == {0, 1}  # 0: the pixels trusted as background
+    [removed] = keep_connected(labels, seeds)
+    # the lesion on slices 2-3 touches the user's on slice 1: kept; the two false alarms go
+    assert (labels[2:4, 5:9, 5:9] == 1).all()
+    assert removed.kept_regions == 1 and removed.regions == 2 and removed.voxels == 9 + 4
+
+
+def test_predictions_on_trusted_pixels_neither_connect_nor_change():
+    labels = np.zeros((3, 10, 10), np.uint8)
+    labels[1:3, 1:3, 1:3] = 1  # the user's lesion on slice 1, found again on slice 2
+    labels[1, 3:8, 2] = 1  # a predicted bridge on slice 1, where the user said background
+    labels[2, 7, 2] = 1  # a false alarm that reaches the lesion only through that bridge
+    truth = np.zeros_like(labels)
+    truth[1, 1:3, 1:3] = 1
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True
+    [removed] = keep_connected(labels, seeds_from_corrections(truth, mask))
+    assert labels[2, 7, 2] == 0 and removed.regions == 1 and removed.voxels == 1
+    assert (labels[2, 1:3, 1:3] == 1).all() and removed.kept_regions == 1
+    assert (labels[1, 3:8, 2] == 1).all()  # trusted pixels are the user's business: untouched

@@ -17,6 +17,12 @@ always such false alarms.
 * regions touching no trusted pixel of their class; they become background,
   and :class:`Removed` says how many and how large, so the user is told.
 
+Connectivity is judged on the labels the user sees after a round: their own
+labels on the pixels they trusted, the prediction elsewhere. So a lesion the
+network finds on the slice next to a corrected one stays when it touches the
+lesion the user drew there, even where the network's own output on the
+corrected slice missed it.
+
 Connectivity is the full 3x3x3 neighbourhood: slices are often thick (5-7 mm)
 and a lesion's outline moves by a pixel or two from one slice to the next.
 """
@@ -45,7 +51,8 @@ def seeds_from_corrections(
     trusted_labels: np.ndarray, trusted_mask: np.ndarray, classes=None
 ) -> dict[int, np.ndarray]:
     """``{class id: bool mask}`` of the pixels the user trusted as each class
-    (every non-background class present, or only ``classes``)."""
+    (every non-background class present, or only ``classes``), and under key
+    0 the pixels trusted as background (where present)."""
     trusted_labels = np.asarray(trusted_labels)
     trusted_mask = np.asarray(trusted_mask, dtype=bool)
     if trusted_labels.shape != trusted_mask.shape:
@@ -54,41 +61,53 @@ def seeds_from_corrections(
     wanted = {int(v) for v in values if v != 0}
     if classes is not None:
         wanted &= {int(c) for c in classes}
+    if 0 in values:
+        wanted.add(0)
     return {c: trusted_mask & (trusted_labels == c) for c in sorted(wanted)}
 
 
 def keep_connected(labels: np.ndarray, seeds: dict[int, np.ndarray]) -> list[Removed]:
-    """Set to background, in place, every region of a seeded class that does
-    not touch a seed pixel of that class in 3D; return what was removed (one
-    :class:`Removed` per class that had seeds, even when nothing went).
+    """Set to background, in place, every predicted region of a seeded class
+    that does not connect in 3D to a seed pixel of that class; return what was
+    removed (one :class:`Removed` per seeded class, even when nothing went).
 
-    ``labels`` is a (Z, Y, X) stack; a 2D image is returned unchanged (an
-    empty list). A class whose seeds the prediction misses completely is left
-    as predicted: removing everything would hide that the model disagrees.
+    ``seeds`` as :func:`seeds_from_corrections` gives them: ``{class id: bool
+    mask}``, key 0 for pixels trusted as background. Connectivity runs through
+    the labels as the user will see them (trusted pixels as trusted, the
+    prediction elsewhere); trusted pixels are never changed. ``labels`` is a
+    (Z, Y, X) stack; a 2D image is returned unchanged (an empty list). A class
+    none of whose predicted regions connects to its seeds is left as
+    predicted: removing everything would hide that the model disagrees.
     """
     if labels.ndim != 3 or not seeds:
         return []
-    report = []
+    trusted = np.zeros(labels.shape, dtype=bool)
     for class_id, seed in seeds.items():
         seed = np.asarray(seed, dtype=bool)
         if seed.shape != labels.shape:
             raise ValueError(f"seeds of class {class_id} {seed.shape} differ from the labels {labels.shape}")
-        region = labels == class_id
-        components, count = ndimage.label(region, structure=_FULL)
-        if count == 0:
-            report.append(Removed(class_id, 0, 0, 0))
+        trusted |= seed
+    report = []
+    for class_id, seed in seeds.items():
+        if class_id == 0:
             continue
-        touched = np.unique(components[seed & region])
+        seed = np.asarray(seed, dtype=bool)
+        predicted = (labels == class_id) & ~trusted
+        components, count = ndimage.label(predicted | seed, structure=_FULL)
+        touched = np.unique(components[seed])
         touched = touched[touched != 0]
-        if touched.size == 0:
-            report.append(Removed(class_id, 0, 0, count))
-            continue
         keep = np.zeros(count + 1, dtype=bool)
         keep[touched] = True
-        drop = region & ~keep[components]
+        predicted_in = np.unique(components[predicted])
+        predicted_in = predicted_in[predicted_in != 0]
+        kept = int(keep[predicted_in].sum())
+        if kept == 0:  # no predicted region reaches the user's: left as predicted
+            report.append(Removed(class_id, 0, 0, int(predicted_in.size)))
+            continue
+        drop = predicted & ~keep[components]
         voxels = int(drop.sum())
         labels[drop] = 0
-        report.append(Removed(class_id, count - int(touched.size), voxels, int(touched.size)))
+        report.append(Removed(class_id, int(predicted_in.size) - kept, voxels, kept))
     return report
 
 
