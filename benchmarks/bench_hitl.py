@@ -30,6 +30,17 @@ Usage::
 
 Writes ``docs/images/hitl_curve.png`` and prints a table (and ``--json PATH``).
 Not part of the test suite.
+
+``--strategy both`` compares, instead, which slices a user corrects (as
+``bench_hitl_real.py --strategy both`` does on the real scans): ``even``
+corrects the first k slices of a pool of ``--pool`` correctable slices (they
+are independent scans, so any k are "evenly spread"); ``suggested`` runs
+rounds (1, then 2 at k=3; 1, 3, 6 at k=10): the user picks the first slice
+(the same as ``even``'s), then the "review next" list picks the most
+uncertain unreviewed pool slices, and each round fine-tunes the previous
+round's model on every slice reviewed so far, the same seconds per round::
+
+    python benchmarks/bench_hitl.py --strategy both --ks 3 10 --json docs/bench_strategies_sim.json
 """
 
 from __future__ import annotations
@@ -172,6 +183,53 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def run_strategies(args: argparse.Namespace) -> dict:
+    """Even vs suggested slices on the simulator (see the module docstring)."""
+    import torch
+    from bench_hitl_real import rounds_for
+
+    from napari_unet.core.finetune import finetune
+    from napari_unet.core.predict import predict
+    from napari_unet.core.uncertainty import review_order
+    from napari_unet.core.weights import load_model
+
+    base = load_model(args.model, "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+    pool_images, pool_labels = make_stack(args.style, args.pool, args.size, args.seed)
+    test_images, test_labels = make_stack(args.style, args.test_slices, args.size, args.seed, first=HELD_OUT_FIRST)
+    print(f"style {args.style}: pool of {args.pool}, {args.test_slices} held-out slices of {args.size}px; "
+          f"model {base.config.name}", file=sys.stderr)
+
+    def tune(model, reviewed):
+        mask = np.zeros(pool_labels.shape, bool)
+        mask[sorted(reviewed)] = True
+        return finetune(pool_images, pool_labels, mask, model, max_seconds=args.seconds, device="cpu",
+                        seed=args.seed, return_result=True)
+
+    rows = []
+    for k in args.ks:
+        even = tune(base, list(range(k)))
+        even_dice = held_out_dice(even.model, test_images, test_labels)
+        model, reviewed, picks = base, [], []
+        for i, size in enumerate(rounds_for(k)):
+            if i == 0:
+                picked = list(range(size))  # the user's first slice, as in even
+            else:
+                scores = predict(pool_images, model, device="cpu", uncertainty=True).slice_uncertainty
+                picked = [z for z, _ in review_order(scores, reviewed, top=size)]
+            reviewed += picked
+            picks.append(picked)
+            model = tune(model, reviewed).model
+        suggested_dice = held_out_dice(model, test_images, test_labels)
+        rows.append({"k": k, "even": even_dice, "suggested": suggested_dice, "suggested_rounds": picks})
+        print(f"k={k:2d}: even {even_dice['mean']:.3f}  suggested {suggested_dice['mean']:.3f}  "
+              f"(rounds {picks})", file=sys.stderr)
+    return {"style": args.style, "size": args.size, "pool": args.pool, "test_slices": args.test_slices,
+            "budget_seconds": args.seconds, "model": base.config.name, "strategies": rows}
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -212,7 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "hitl_curve.png")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--strategy", choices=("even", "both"), default="even",
+                        help="both: compare evenly chosen slices with the review-next list's (no curve plot)")
+    parser.add_argument("--pool", type=int, default=20, help="with --strategy both: correctable slices")
     args = parser.parse_args(argv)
+    if args.strategy == "both":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        results = run_strategies(args)
+        print(json.dumps(results, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0
     results = run(args)
     print(json.dumps(results, indent=1))
     if args.json:

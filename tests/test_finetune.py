@@ -228,3 +228,33 @@ def test_validation_never_takes_most_of_a_lesion_one_slice_shows():
         train, val, blocks = _block_split(trusted, np.random.default_rng(seed), FinetuneOptions(), labels)
         assert blocks
         assert ((train > 0) & (labels == 1)).sum() >= MIN_TRAIN_SHARE * lesion, seed
+
+
+@pytest.mark.parametrize("lesion, expected", [(3, ("last", None)), (40, ("best", 8))])
+def test_keep_auto_trusts_validation_only_when_it_holds_the_lesion(small_model, monkeypatch, lesion, expected):
+    """A lesion too small to spare validation pixels: held-back blocks without it can
+    only reward predicting none of it, so "auto" keeps the last weights and trains
+    for the whole budget; a lesion the blocks hold keeps the best-validated ones."""
+    import napari_unet.core.finetune as ft
+
+    seen = {}
+
+    def capture(model, sampler, validation, options, stop=None):
+        seen.update(keep=options.keep, patience=options.patience, blind=ft.blind_classes(sampler.entries, validation or []))
+        return (yield from real(model, sampler, validation, options, stop=stop))
+
+    real = ft.train_iter
+    monkeypatch.setattr(ft, "train_iter", capture)
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[60 : 60 + lesion, 60 : 60 + lesion] = 1
+    image[labels == 1] += 600
+    options = FinetuneOptions(**{**FAST.__dict__, "keep": "auto", "patience": 8, "val_block": 16})
+    finetune(image, labels, None, small_model, max_seconds=1.0, device="cpu", options=options)
+    assert (seen["keep"], seen["patience"]) == expected
+    assert seen["blind"] == ([1] if expected[0] == "last" else [])
+
+
+def test_keep_must_be_a_known_rule():
+    with pytest.raises(ValueError, match="keep must be"):
+        FinetuneOptions(keep="newest")
