@@ -97,3 +97,15 @@ def test_predictions_on_trusted_pixels_neither_connect_nor_change():
     assert labels[2, 7, 2] == 0 and removed.regions == 1 and removed.voxels == 1
     assert (labels[2, 1:3, 1:3] == 1).all() and removed.kept_regions == 1
     assert (labels[1, 3:8, 2] == 1).all()  # trusted pixels are the user's business: untouched
+
+
+def test_corrections_with_only_background_give_no_seeds():
+    stack = _stack()
+    truth = np.zeros_like(stack)
+    mask = np.zeros(stack.shape, bool)
+    mask[0] = True  # a slice reviewed as all background: no lesion to connect to
+    seeds = seeds_from_corrections(truth, mask)
+    assert seeds == {}
+    before = stack.copy()
+    assert keep_connected(stack, seeds) == []
+    np.testing.assert_array_equal(stack, before)

@@ -52,7 +52,8 @@ def seeds_from_corrections(
 ) -> dict[int, np.ndarray]:
     """``{class id: bool mask}`` of the pixels the user trusted as each class
     (every non-background class present, or only ``classes``), and under key
-    0 the pixels trusted as background (where present)."""
+    0 the pixels trusted as background (where present); ``{}`` when no
+    foreground class is trusted."""
     trusted_labels = np.asarray(trusted_labels)
     trusted_mask = np.asarray(trusted_mask, dtype=bool)
     if trusted_labels.shape != trusted_mask.shape:
@@ -61,6 +62,8 @@ def seeds_from_corrections(
     wanted = {int(v) for v in values if v != 0}
     if classes is not None:
         wanted &= {int(c) for c in classes}
+    if not wanted:  # nothing to connect to: no seeds at all (callers test ``if seeds``)
+        return {}
     if 0 in values:
         wanted.add(0)
     return {c: trusted_mask & (trusted_labels == c) for c in sorted(wanted)}

@@ -32,10 +32,10 @@ class TrainingPlot:
         owner = self
 
         class Canvas(FigureCanvasQTAgg):
-            def draw_idle(self) -> None:
+            def draw_idle(self, force: bool = False) -> None:
                 # matplotlib redraws on every resize; the dock widens when a layer is
                 # added, which would cost a full draw (~0.2 s) of a plot folded away
-                if owner.on_screen():
+                if force or owner.on_screen():
                     super().draw_idle()
                 else:
                     owner._background = None  # drawn in full when it is shown
@@ -131,7 +131,7 @@ class TrainingPlot:
     def shown(self, *_: Any) -> None:
         """The plot came into view (its section unfolded): draw it in full."""
         self._background = None
-        type(self.canvas).__mro__[1].draw_idle(self.canvas)  # even before Qt counts it as visible
+        self.canvas.draw_idle(force=True)  # even before Qt counts it as visible
 
     def _on_draw(self, _event: Any) -> None:
         """After a full draw: cache the empty axes, then draw the lines on them."""
