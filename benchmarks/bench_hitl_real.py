@@ -114,18 +114,35 @@ def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int,
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
 
     ranges = intensity_ranges(volume, model.config.input, False)
-    options = PredictOptions(device="cpu")
-    pred = run_to_end(predict_iter(volume, model, options, intensity_ranges=ranges)).labels
-    return _both(pred, truth, median, mask)
+    options = PredictOptions(device="cpu", return_probabilities=mask is not None)
+    result = run_to_end(predict_iter(volume, model, options, intensity_ranges=ranges))
+    return _both(result.labels, truth, median, mask, result.probabilities)
 
 
-def _both(pred: np.ndarray, truth: np.ndarray, median: int, mask: np.ndarray | None) -> tuple[float, float]:
-    from napari_unet.core.postprocess import keep_connected, seeds_from_corrections
+#: the clean-up's widening threshold (``--grow``; the product's default unless given)
+GROW = None
+
+
+def _both(pred: np.ndarray, truth: np.ndarray, median: int, mask: np.ndarray | None,
+          probabilities: np.ndarray | None = None) -> tuple[float, float]:
+    """(connected, every region); the connected figure also widens the kept
+    regions with less certain pixels (``probabilities`` (C,Z,Y,X)) as the
+    product does after a round."""
+    from napari_unet.core.postprocess import (
+        GROW_PROBABILITY,
+        grow_candidates,
+        keep_connected,
+        seeds_from_corrections,
+    )
 
     every = dice(pred[median:], truth[median:])
     if mask is None:
         return every, every
-    keep_connected(pred, seeds_from_corrections(truth, mask, classes=[TUMOUR]))
+    grow = GROW_PROBABILITY if GROW is None else GROW
+    candidates = None
+    if probabilities is not None and grow < 0.5:
+        candidates = grow_candidates(probabilities, pred, grow)
+    keep_connected(pred, seeds_from_corrections(truth, mask, classes=[TUMOUR]), candidates)
     return dice(pred[median:], truth[median:]), every
 
 
@@ -178,12 +195,14 @@ def held_out_scratch(net, base, volume, truth, median, mask=None) -> tuple[float
             return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(batch))), dim=1).numpy()
 
     pred = np.zeros(truth.shape, np.uint8)
+    probabilities = np.zeros((2, *truth.shape), np.float32)
     options = PredictOptions(tile=256, device="cpu")
     for event in predict_planes(planes, len(pred), pred.shape[1:], predictor, 16, options):
         if not isinstance(event, PredictProgress):
             index, probs = event
             pred[index] = probs.argmax(axis=0)
-    return _both(pred, truth, median, mask)
+            probabilities[:, index] = probs
+    return _both(pred, truth, median, mask, probabilities)
 
 
 def run_case(name: str, args, base) -> dict:
@@ -415,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", default="{}", metavar="JSON",
                         help='FinetuneOptions fields to change, e.g. \'{"keep": "last", "patience": null}\'')
     parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="skip the MONAI anchor")
+    parser.add_argument("--grow", type=float, default=None, metavar="P",
+                        help="the clean-up's widening threshold (default: the product's; 0.5: argmax labels only)")
     parser.add_argument("--save-models", type=Path, default=None, help="keep the fine-tuned models here")
     parser.add_argument("--picture", type=Path, default=None, help="write a before/after picture (k=3)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
@@ -426,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", type=Path, default=None,
                         help="with --strategy both: write a plot of Dice against corrected slices")
     args = parser.parse_args(argv)
+    global GROW
+    GROW = args.grow
     if not args.data.is_dir():
         print(f"no real scans at {args.data} (pass --data DIR)", file=sys.stderr)
         return 2

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from napari_unet.core.postprocess import describe, keep_connected, seeds_from_corrections
+from napari_unet.core.postprocess import (
+    describe,
+    grow_candidates,
+    keep_connected,
+    seeds_from_corrections,
+)
 
 
 def _stack():
@@ -109,3 +114,102 @@ def test_corrections_with_only_background_give_no_seeds():
     before = stack.copy()
     assert keep_connected(stack, seeds) == []
     np.testing.assert_array_equal(stack, before)
+
+
+def _probabilities(labels: np.ndarray, tumour: np.ndarray) -> np.ndarray:
+    """(3, ...) probabilities: argmax gives ``labels``; ``tumour`` overrides class 1 where > 0."""
+    probs = np.zeros((3, *labels.shape), np.float32)
+    for c in range(3):
+        probs[c][labels == c] = 0.9
+    probs[0][labels != 0] = 0.05
+    probs[1] = np.where(tumour > 0, tumour, probs[1])
+    probs[0] = np.where(tumour > 0, 1.0 - tumour, probs[0])
+    return probs
+
+
+def test_grow_candidates_are_background_pixels_with_enough_foreground_probability():
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[0, 0, 0] = 2
+    tumour = np.zeros(labels.shape, np.float32)
+    tumour[1, 1, 1] = 0.3  # an uncertain tumour pixel
+    tumour[1, 2, 2] = 0.1  # too unlikely
+    probs = _probabilities(labels, tumour)
+    candidates = grow_candidates(probs, labels, 0.2)
+    assert candidates.dtype == np.uint8 and candidates.shape == labels.shape
+    assert candidates[1, 1, 1] == 1 and candidates[1, 2, 2] == 0
+    assert candidates[0, 0, 0] == 0  # already a class: not a candidate
+    assert candidates.sum() == 1
+
+
+def test_candidates_connected_to_the_users_lesion_widen_it_and_nothing_else():
+    labels = _stack()
+    labels[3] = 0  # the network lost the lesion on slice 3...
+    candidates = np.zeros_like(labels)
+    candidates[3, 5:9, 5:9] = 1  # ...but still gives it a fair tumour probability there
+    candidates[5, 0:3, 0:3] = 1  # an uncertain patch far from any lesion
+    candidates[2, 5:9, 9] = 1  # a rim next to the lesion on slice 2
+    truth = np.zeros_like(labels)
+    truth[1, 5:9, 5:9] = 1
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True
+    [removed] = keep_connected(labels, seeds_from_corrections(truth, mask), candidates)
+    assert (labels[3, 5:9, 5:9] == 1).all() and (labels[2, 5:9, 9] == 1).all()
+    assert (labels[5, 0:3, 0:3] == 0).all()  # not connected: never added
+    assert removed.grown == 16 + 4 and removed.regions == 2 and removed.kept_regions == 1
+    text = describe([removed], {1: "tumor"})
+    assert "widened by 20 less certain voxels" in text and "left out 2 others" in text
+
+
+def test_candidates_never_cross_a_pixel_the_user_trusted():
+    labels = np.zeros((3, 10, 10), np.uint8)
+    truth = np.zeros_like(labels)
+    truth[1, 1:3, 1:3] = 1  # the user's lesion
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True  # slice 1 reviewed: everything else on it is background
+    candidates = np.zeros_like(labels)
+    candidates[1, 3:9, 1] = 1  # uncertain pixels the user erased on the reviewed slice
+    candidates[2, 8, 1] = 1  # reachable only through them
+    candidates[2, 1:3, 1:3] = 1  # the lesion's continuation on the next slice
+    [removed] = keep_connected(labels, seeds_from_corrections(truth, mask), candidates)
+    assert (labels[2, 1:3, 1:3] == 1).all() and labels[2, 8, 1] == 0
+    assert (labels[1] == 0).all()  # trusted pixels unchanged
+    assert removed.grown == 4 and removed.kept_regions == 1
+
+
+def test_the_grow_threshold_decides_which_uncertain_pixels_join():
+    from napari_unet.core.predict import PredictOptions
+
+    with pytest.raises(ValueError, match="grow"):
+        PredictOptions(grow=0.0)
+    labels = _stack()
+    tumour = np.zeros(labels.shape, np.float32)
+    tumour[3, 9, 5:9] = 0.3  # the lesion's uncertain edge on an uncorrected slice
+    probs = _probabilities(labels, tumour)
+    truth = np.zeros_like(labels)
+    truth[1, 5:9, 5:9] = 1
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True
+    seeds = seeds_from_corrections(truth, mask)
+    wide, narrow = labels.copy(), labels.copy()
+    keep_connected(wide, seeds, grow_candidates(probs, labels, 0.25))
+    keep_connected(narrow, seeds, grow_candidates(probs, labels, 0.35))
+    assert (wide[3, 9, 5:9] == 1).all() and (narrow[3, 9, 5:9] == 0).all()
+
+
+def test_predict_with_corrections_grows_only_when_asked():
+    from napari_unet.core.config import ModelConfig
+    from napari_unet.core.predict import predict
+    from napari_unet.core.weights import new_model
+
+    model = new_model(ModelConfig(), seed=0)  # untrained: every class about equally likely
+    rng = np.random.default_rng(0)
+    stack = rng.normal(size=(4, 32, 32)).astype(np.float32)
+    truth = np.zeros(stack.shape, np.uint8)
+    truth[1, 10:20, 10:20] = 1
+    mask = np.zeros(stack.shape, bool)
+    mask[1, 8:22, 8:22] = True
+    plain = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5)
+    wide = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.01)
+    assert plain.removed[0].grown == 0 and wide.removed[0].grown > 0
+    assert (wide.labels == 1).sum() > (plain.labels == 1).sum()
+    np.testing.assert_array_equal(wide.labels[mask], plain.labels[mask])  # trusted pixels are never grown into

@@ -311,3 +311,50 @@ def test_after_a_round_regions_not_connected_to_the_corrections_are_left_out(
     else:
         assert (look_alike == 1).all()
         assert "left out" not in widget.summary.value
+
+
+@pytest.mark.parametrize("widen", [True, False])
+def test_after_a_round_less_certain_pixels_next_to_the_kept_lesion_join_it_when_asked(
+    make_napari_viewer, tiny_model_dir, store_dir, sync, monkeypatch, widen
+):
+    import napari_unet.core.predict as predict_module
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    def planes_by_ramp(planes, num_planes, shape, runner, divisor, options):
+        for index, plane in enumerate(planes):  # tumour probability rises with brightness
+            low, high = plane[0].min(), plane[0].max()
+            tumour = np.clip((plane[0] - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+            yield index, np.stack([1 - tumour, tumour, np.zeros_like(tumour)])
+
+    monkeypatch.setattr(predict_module, "predict_planes", planes_by_ramp)
+    stack = np.full((4, 30, 30), 100, np.float32)
+    stack[0:3, 4:11, 4:11] = 150  # a dim rim: tumour probability 0.25, background by argmax
+    stack[0:3, 5:10, 5:10] = 300  # the lesion
+    stack[3, 20:25, 20:25] = 150  # a dim patch far from it
+    stack[3, 0, 0] = 300
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="scan")
+    labels = viewer.add_labels(
+        np.zeros(stack.shape, np.uint8), name="scan segmentation",
+        metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(tiny_model_dir)}},
+    )
+    widget = FinetuneWidget(viewer)
+    widget.steps.value = FAST_STEPS
+    widget.widen.value = widen
+    labels.data[1, 5:10, 5:10] = 1
+    viewer.dims.set_current_step(0, 1)
+    widget.toggle_reviewed()
+    assert widget.finetune() is not None
+    rim = np.zeros(stack.shape, bool)
+    rim[[0, 2], 4:11, 4:11] = True
+    rim[:, 5:10, 5:10] = False
+    assert (labels.data[0:3:2, 5:10, 5:10] == 1).all()
+    assert (labels.data[3, 20:25, 20:25] == 0).all()  # not connected: never added
+    if widen:
+        assert (labels.data[rim] == 1).all()
+        assert "widened by 48 less certain voxels" in widget.summary.value
+    else:
+        assert (labels.data[rim] == 0).all()
+        assert "widened" not in widget.summary.value
+    widget.keep_connected.value = False
+    assert not widget.widen.enabled

@@ -48,6 +48,11 @@ def add_parser(subparsers) -> None:
         "--mask", default=None,
         help="with --corrections: image that is nonzero where LABELS is trusted (default: LABELS' nonzero pixels)",
     )
+    p.add_argument(
+        "--grow", type=float, default=None, metavar="P",
+        help="with --corrections: background pixels whose foreground probability is at least P and that "
+        "connect to a kept region join it (default: 0.15; 0.5 keeps the plain argmax labels)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
@@ -117,6 +122,15 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.batch import ScanError, open_scan, segment_scan
 
     options = prediction_options(args)
+    if args.grow is not None:
+        if args.corrections is None:
+            raise CLIError("--grow needs --corrections LABELS (it widens the regions connected to them)")
+        import dataclasses
+
+        try:
+            options = dataclasses.replace(options, grow=args.grow)
+        except ValueError as exc:
+            raise CLIError(f"--grow: {exc}") from exc
     output = check_output(args.output, args.overwrite)
     uncertainty_path = None
     if args.uncertainty is not None:

@@ -23,7 +23,7 @@ from . import normalize as _normalize
 from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
 from .model import fuse_batchnorm
 from .normalize import normalize_slice
-from .postprocess import keep_connected
+from .postprocess import GROW_PROBABILITY, grow_candidates, keep_connected
 from .tiling import auto_zoom, blend_weights, tile_grid, tile_size_for
 from .uncertainty import normalized_entropy, slice_score
 
@@ -49,7 +49,10 @@ class PredictOptions:
     on CPUs that compute it natively. ``uncertainty`` also returns the
     normalised entropy of the class probabilities per pixel (0 = certain,
     1 = all classes equally likely) and its mean per slice
-    (:mod:`napari_unet.core.uncertainty`).
+    (:mod:`napari_unet.core.uncertainty`). ``grow``: with seeds (the user's
+    corrections of a stack), background pixels whose foreground probability
+    is at least this much join a kept region they connect to
+    (:func:`~.postprocess.keep_connected`); 0.5 or more switches it off.
     """
 
     tile: int = 512
@@ -60,8 +63,11 @@ class PredictOptions:
     return_probabilities: bool = False
     zoom: float | None = None
     uncertainty: bool = False
+    grow: float = GROW_PROBABILITY
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.grow <= 1.0:
+            raise ValueError(f"grow must be a probability above 0 and at most 1, got {self.grow}")
         if self.zoom is not None and not 0.05 <= self.zoom <= 4.0:
             raise ValueError(f"zoom must be between 0.05 and 4, got {self.zoom}")
         if self.tile < 16:
@@ -356,6 +362,11 @@ def predict_iter(
     elif want_uncertainty:
         uncertainty = np.zeros(spatial, np.float32)
 
+    # background pixels a seeded class may claim (keep_connected), a byte per voxel
+    candidates = None
+    if seeds and volume and isinstance(labels, np.ndarray) and options.grow < 0.5:
+        candidates = np.zeros(spatial, np.uint8)
+
     def planes() -> Iterator[np.ndarray]:
         for z in range(num_planes):
             plane = np.asarray(image[z] if volume else image)
@@ -379,6 +390,8 @@ def predict_iter(
                 uncertainty[...] = plane_entropy
         if volume:
             labels[index] = plane_labels
+            if candidates is not None:
+                candidates[index] = grow_candidates(probs, plane_labels, options.grow)
             if probabilities is not None:
                 probabilities[:, index] = probs
         else:
@@ -390,7 +403,7 @@ def predict_iter(
         if not isinstance(labels, np.ndarray):
             runner.notes.append("regions were not matched with the corrections: the output is not a NumPy array")
         else:
-            removed = keep_connected(labels, seeds)
+            removed = keep_connected(labels, seeds, candidates)
     return Prediction(
         labels=labels,
         probabilities=probabilities,
@@ -442,6 +455,7 @@ def predict(
     out=None,
     uncertainty_out=None,
     corrections: tuple | None = None,
+    grow: float = GROW_PROBABILITY,
 ) -> Prediction:
     """Segment an image with a model (the default bundled model when ``None``).
 
@@ -453,8 +467,10 @@ def predict(
     ``corrections=(labels, trusted_mask)`` of this stack (what a fine-tuning
     round learned from): regions of a corrected class that do not connect in
     3D to any pixel trusted as that class are left out, as the widget does
-    after a round (:mod:`~napari_unet.core.postprocess`); ``removed`` says
-    what went.
+    after a round (:mod:`~napari_unet.core.postprocess`), and background
+    pixels with a foreground probability of at least ``grow`` that connect
+    to a kept region join it (0.5 switches that off); ``removed`` says what
+    went and what was added.
     """
     from .weights import load_model
 
@@ -468,6 +484,7 @@ def predict(
         return_probabilities=return_probabilities,
         zoom=zoom,
         uncertainty=uncertainty,
+        grow=grow,
     )
     seeds = None
     if corrections is not None:

@@ -48,6 +48,9 @@ class FinetuneRequest:
     #: in a stack, leave out predicted regions that touch no pixel the user
     #: trusted as their class (:mod:`napari_unet.core.postprocess`)
     keep_connected: bool = True
+    #: and widen the kept regions with less certain pixels connected to them
+    #: (:data:`napari_unet.core.postprocess.GROW_PROBABILITY`)
+    widen: bool = True
 
 
 @dataclass
@@ -192,7 +195,10 @@ def finetune_job(
     yield ("status", "checking against the previous version…")
     decision = store.promote(version, parent, result.val_dice_after, result.val_dice_before)
     yield ("status", "segmenting again…")
-    options = PredictOptions(device=request.device, zoom=request.zoom, uncertainty=True)
+    from napari_unet.core.postprocess import GROW_PROBABILITY
+
+    grow = GROW_PROBABILITY if request.widen else 0.5
+    options = PredictOptions(device=request.device, zoom=request.zoom, uncertainty=True, grow=grow)
     spatial = request.image.shape[:-1] if request.rgb else request.image.shape
     discard = None if request.uncertainty_map else DiscardMap(spatial)  # scores only: no float map in memory
     seeds = None

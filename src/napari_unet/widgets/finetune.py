@@ -123,7 +123,13 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             tooltip="in a stack, after a round: a predicted region that touches no pixel you corrected "
             "as its class (through the slices) becomes background",
         )
-        self.advanced = Container(widgets=[self.steps, self.device, self.seed, self.keep_connected])
+        self.widen = CheckBox(
+            text="widen them with less certain pixels", value=True,
+            tooltip="pixels the new model gives at least 15 % of a class, next to a region kept for that "
+            "class, join it (never across a pixel you trusted); off: the model's plain labels",
+        )
+        self.keep_connected.changed.connect(lambda value: setattr(self.widen, "enabled", bool(value)))
+        self.advanced = Container(widgets=[self.steps, self.device, self.seed, self.keep_connected, self.widen])
         self.advanced.margins = (0, 0, 0, 0)
 
         self.review_button = PushButton(text="Mark slice reviewed (Shift-R)")
@@ -388,6 +394,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             uncertainty_map=find_uncertainty_layer(self._viewer, image_layer.name) is not None,
             zoom=_layer_zoom(labels_layer),
             keep_connected=bool(self.keep_connected.value),
+            widen=bool(self.widen.value),
         )
 
     def finetune(self, *_: Any):
