@@ -20,7 +20,10 @@ The protocol of the real-scans issue, per case (volume as Z, Y, X):
   stack segmented; tumour regions that do not connect in 3D to a corrected
   tumour pixel are left out, as the widget does after a round
   (:mod:`napari_unet.core.postprocess`; the scratch anchor gets the same),
-  and the figure with every region kept is reported beside it.
+  and since 0.6 background pixels with a tumour probability of at least
+  ``--grow`` (default: the product's 0.15) that connect to a kept region
+  join it, as after a round in the widget; the figure with every region
+  kept (plain argmax labels) is reported beside it.
 
 Usage::
 

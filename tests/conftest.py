@@ -84,3 +84,18 @@ def threshold_network(monkeypatch):
             yield index, np.stack([1 - bright, bright, np.zeros_like(bright)])
 
     monkeypatch.setattr(predict_module, "predict_planes", planes_by_threshold)
+
+
+@pytest.fixture
+def ramp_network(monkeypatch):
+    """The network replaced by a ramp: the tumour probability of a pixel is its
+    place between the plane's darkest (0) and brightest (1) value."""
+    import napari_unet.core.predict as predict_module
+
+    def planes_by_ramp(planes, num_planes, shape, runner, divisor, options):
+        for index, plane in enumerate(planes):
+            low, high = plane[0].min(), plane[0].max()
+            tumour = np.clip((plane[0] - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+            yield index, np.stack([1 - tumour, tumour, np.zeros_like(tumour)])
+
+    monkeypatch.setattr(predict_module, "predict_planes", planes_by_ramp)

@@ -144,6 +144,31 @@ def test_corrections_leave_out_regions_not_connected_to_them(tiny_model_dir, tmp
     assert "left out 2 others (34 voxels)" in capsys.readouterr().err
 
 
+def test_grow_widens_the_connected_lesion_with_less_certain_pixels(tiny_model_dir, tmp_path, capsys, ramp_network):
+    scan = np.full((3, 30, 30), 100, np.uint16)
+    scan[:, 4:11, 4:11] = 300  # a dim rim: tumour probability 0.2
+    scan[:, 5:10, 5:10] = 1100  # the lesion
+    scan[:, 25, 25] = 300  # an uncertain pixel far from it
+    scan_path, labels_path = tmp_path / "scan.tif", tmp_path / "corrected.tif"
+    tifffile.imwrite(scan_path, scan, photometric="minisblack")
+    corrected = np.zeros(scan.shape, np.uint8)
+    corrected[1, 5:10, 5:10] = 1
+    tifffile.imwrite(labels_path, corrected, photometric="minisblack")
+    args = ["predict", str(scan_path), "--model", str(tiny_model_dir), "--corrections", str(labels_path)]
+    wide, plain = tmp_path / "wide.tif", tmp_path / "plain.tif"
+    assert main([*args, "-o", str(wide), "--grow", "0.15"]) == 0
+    assert "widened by 72 less certain voxels" in capsys.readouterr().err  # the rim, 24 voxels a slice
+    assert main([*args, "-o", str(plain), "--grow", "0.5"]) == 0
+    assert "widened" not in capsys.readouterr().err
+    wide, plain = tifffile.imread(wide), tifffile.imread(plain)
+    assert (plain == 1).sum() == 25 * 3 and (wide == 1).sum() == 49 * 3
+    assert (wide[:, 25, 25] == 0).all()  # uncertain but not connected: not added
+    code, err = _error_of(capsys, [*args[:4], "-o", str(tmp_path / "x.tif"), "--grow", "0.2"])
+    assert code == 2 and len(err) == 1 and "--grow needs --corrections" in err[0]
+    code, err = _error_of(capsys, [*args, "-o", str(tmp_path / "x.tif"), "--grow", "0"])
+    assert code == 2 and len(err) == 1 and "--grow" in err[0] and not (tmp_path / "x.tif").exists()
+
+
 def _only_lesion(scan):
     lesion = np.zeros(scan.shape, bool)
     lesion[0:3, 5:10, 5:10] = True

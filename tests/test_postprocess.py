@@ -196,20 +196,20 @@ def test_the_grow_threshold_decides_which_uncertain_pixels_join():
     assert (wide[3, 9, 5:9] == 1).all() and (narrow[3, 9, 5:9] == 0).all()
 
 
-def test_predict_with_corrections_grows_only_when_asked():
+def test_predict_with_corrections_grows_only_below_its_threshold(ramp_network):
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.predict import predict
     from napari_unet.core.weights import new_model
 
-    model = new_model(ModelConfig(), seed=0)  # untrained: every class about equally likely
-    rng = np.random.default_rng(0)
-    stack = rng.normal(size=(4, 32, 32)).astype(np.float32)
+    model = new_model(ModelConfig(name="any"), seed=0)  # the ramp stands in for its network
+    stack = np.full((3, 24, 24), 100, np.float32)
+    stack[:, 4:11, 4:11] = 300  # a dim rim around the lesion: tumour probability about 0.2
+    stack[:, 5:10, 5:10] = 1100
     truth = np.zeros(stack.shape, np.uint8)
-    truth[1, 10:20, 10:20] = 1
-    mask = np.zeros(stack.shape, bool)
-    mask[1, 8:22, 8:22] = True
+    truth[1, 5:10, 5:10] = 1
+    mask = truth != 0
     plain = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5)
-    wide = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.01)
-    assert plain.removed[0].grown == 0 and wide.removed[0].grown > 0
-    assert (wide.labels == 1).sum() > (plain.labels == 1).sum()
-    np.testing.assert_array_equal(wide.labels[mask], plain.labels[mask])  # trusted pixels are never grown into
+    wide = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.1)
+    assert plain.removed[0].grown == 0 and (plain.labels == 1).sum() == 25 * 3
+    assert wide.removed[0].grown == 24 * 3 and (wide.labels == 1).sum() == 49 * 3
+    np.testing.assert_array_equal(wide.labels[mask], plain.labels[mask])  # trusted pixels unchanged

@@ -315,18 +315,10 @@ def test_after_a_round_regions_not_connected_to_the_corrections_are_left_out(
 
 @pytest.mark.parametrize("widen", [True, False])
 def test_after_a_round_less_certain_pixels_next_to_the_kept_lesion_join_it_when_asked(
-    make_napari_viewer, tiny_model_dir, store_dir, sync, monkeypatch, widen
+    make_napari_viewer, tiny_model_dir, store_dir, sync, ramp_network, widen
 ):
-    import napari_unet.core.predict as predict_module
     from napari_unet.widgets.finetune import FinetuneWidget
 
-    def planes_by_ramp(planes, num_planes, shape, runner, divisor, options):
-        for index, plane in enumerate(planes):  # tumour probability rises with brightness
-            low, high = plane[0].min(), plane[0].max()
-            tumour = np.clip((plane[0] - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
-            yield index, np.stack([1 - tumour, tumour, np.zeros_like(tumour)])
-
-    monkeypatch.setattr(predict_module, "predict_planes", planes_by_ramp)
     stack = np.full((4, 30, 30), 100, np.float32)
     stack[0:3, 4:11, 4:11] = 150  # a dim rim: tumour probability 0.25, background by argmax
     stack[0:3, 5:10, 5:10] = 300  # the lesion
