@@ -55,7 +55,10 @@ def test_a_prediction_missing_every_seed_is_left_alone():
     [removed] = keep_connected(labels, seeds)
     assert removed.regions == 0 and removed.kept_regions == 3
     np.testing.assert_array_equal(labels, before)
-    assert describe([removed]) == ""
+    assert not removed.connected
+    assert describe([removed], {1: "tumor"}) == (
+        "no predicted tumor region touches your corrections; left as predicted (3 regions)"
+    )
 
 
 def test_a_2d_image_and_no_seeds_change_nothing():

@@ -64,6 +64,8 @@ class Removed:
     kept_regions: int
     #: less certain voxels (``candidates``) that joined the kept regions
     grown: int = 0
+    #: False when no predicted region touches the seeds (the class was left as predicted)
+    connected: bool = True
 
 
 def grow_candidates(probs: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
@@ -155,7 +157,7 @@ def keep_connected(
             if grown and kept == 0:
                 kept = int(keep[np.unique(components[joined])].sum())
         if kept == 0:  # no predicted region reaches the user's: left as predicted
-            report.append(Removed(class_id, 0, 0, int(predicted_in.size)))
+            report.append(Removed(class_id, 0, 0, int(predicted_in.size), connected=False))
             continue
         drop = predicted & ~keep[components]
         voxels = int(drop.sum())
@@ -170,12 +172,20 @@ def keep_connected(
 def describe(report: list[Removed], names: dict[int, str] | None = None) -> str:
     """One line for the user, e.g. "kept the tumor regions connected to your
     corrections (1), widened by 310 less certain voxels; left out 12 others
-    (3,401 voxels)"; "" when nothing was removed or added."""
+    (3,401 voxels)"; it says so when no region of a class touches the
+    corrections (left as predicted); "" when nothing was removed or added."""
     parts = []
     for item in report:
+        name = (names or {}).get(item.class_id, f"class {item.class_id}")
+        if not item.connected:
+            if item.kept_regions:
+                parts.append(
+                    f"no predicted {name} region touches your corrections; "
+                    f"left as predicted ({item.kept_regions} region{'s' if item.kept_regions != 1 else ''})"
+                )
+            continue
         if item.regions == 0 and item.grown == 0:
             continue
-        name = (names or {}).get(item.class_id, f"class {item.class_id}")
         text = (
             f"kept the {name} region{'s' if item.kept_regions != 1 else ''} connected to your corrections "
             f"({item.kept_regions})"
