@@ -258,3 +258,20 @@ def test_keep_auto_trusts_validation_only_when_it_holds_the_lesion(small_model, 
 def test_keep_must_be_a_known_rule():
     with pytest.raises(ValueError, match="keep must be"):
         FinetuneOptions(keep="newest")
+
+
+@pytest.mark.parametrize("lesion", [3, 40])
+def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_model, lesion):
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[60 : 60 + lesion, 60 : 60 + lesion] = 1
+    image[labels == 1] += 600
+    options = FinetuneOptions(**{**FAST.__dict__, "val_block": 16})
+    result = finetune(image, labels, None, small_model, max_seconds=1.0, device="cpu", options=options,
+                      return_result=True)
+    name = small_model.config.classes[1].name
+    if lesion == 3:
+        assert result.blind_classes == [1]
+        assert f"hold almost no {name}" in result.validation_caveat()
+    else:
+        assert result.blind_classes == [] and result.validation_caveat() == ""

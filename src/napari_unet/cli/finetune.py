@@ -145,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"wrote {output}: {result.trusted_pixels} trusted pixels on {result.slices} slice(s), "
             f"{result.steps} steps in {result.seconds:.1f}s ({result.stop_reason}); "
-            f"validation Dice {before} -> {after}",
+            f"validation Dice {before} -> {after}{result.validation_caveat()}",
             file=sys.stderr,
         )
     for note in result.notes:
         print(f"napari-unet finetune: warning: {note}", file=sys.stderr)
     return 0
+

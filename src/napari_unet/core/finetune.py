@@ -206,6 +206,18 @@ class FinetuneResult:
     replay_slices: int = 0
     train: TrainResult | None = None
     notes: list[str] = field(default_factory=list)
+    #: foreground classes the round trained on that the held-back blocks hold
+    #: (almost) none of: the validation Dice says nothing about them
+    blind_classes: list[int] = field(default_factory=list)
+
+    def validation_caveat(self) -> str:
+        """`` (the held-back pixels hold almost no tumor: ...)`` when the
+        validation figure cannot see a class the round learned, else ""."""
+        if not self.blind_classes:
+            return ""
+        names = {c.id: c.name for c in self.model.config.classes}
+        listed = " or ".join(names.get(c, f"class {c}") for c in self.blind_classes)
+        return f" (the held-back pixels hold almost no {listed}: this figure cannot tell whether the round learned it)"
 
     @property
     def regressed(self) -> bool:
@@ -756,8 +768,8 @@ def finetune_iter(
     validation = validation_batches(entries, arch.divisor, options.max_val_blocks)
     validation_pixels = int(sum(b[2].sum() for b in validation))
     keep, patience = options.keep, options.patience
+    blind = blind_classes(entries, validation) if validation else []
     if keep == "auto":
-        blind = blind_classes(entries, validation)
         keep = "last" if blind or not validation else "best"
         if blind:
             patience = None
@@ -834,6 +846,7 @@ def finetune_iter(
         replay_slices=len(entries),
         train=result,
         notes=list(result.notes),
+        blind_classes=list(blind),
     )
     if finished.regressed:
         finished.notes.append(

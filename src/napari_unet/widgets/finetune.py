@@ -573,7 +573,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         self.summary.value = (
             f"Round done in {outcome.seconds:.0f} s ({outcome.steps} steps): learned from "
             f"{stats['trusted_pixels']} trusted px on {request.slices} slice(s). "
-            f"Val. Dice {_fmt(before)} → {_fmt(after)}. The new model disagrees with your corrections on "
+            f"Val. Dice {_fmt(before)} → {_fmt(after)}{_caveat(outcome)}. The new model disagrees with your corrections on "
             f"{100 * stats['disagree_trusted']:.1f}% of them and changed {stats['changed_untrusted']} "
             f"other px. Now using {outcome.version.id}."
         )
@@ -583,3 +583,9 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             self.summary.value += f" In the new labels: {outcome.removed_text}."
         self.status.value = "done: labels updated (your corrections kept as they are)"
         show_info(f"Fine-tuned {outcome.version.id}: val. Dice {_fmt(before)} → {_fmt(after)}.")
+
+
+def _caveat(outcome) -> str:
+    result = getattr(outcome, "result", None)
+    return result.validation_caveat() if hasattr(result, "validation_caveat") else ""
+
