@@ -169,6 +169,14 @@ def test_grow_widens_the_connected_lesion_with_less_certain_pixels(tiny_model_di
     assert code == 2 and len(err) == 1 and "--grow" in err[0] and not (tmp_path / "x.tif").exists()
 
 
+def test_the_grow_help_states_the_default_threshold(capsys):
+    from napari_unet.core.postprocess import GROW_PROBABILITY
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert f"default: {GROW_PROBABILITY:g};" in " ".join(capsys.readouterr().out.split())
+
+
 def _only_lesion(scan):
     lesion = np.zeros(scan.shape, bool)
     lesion[0:3, 5:10, 5:10] = True

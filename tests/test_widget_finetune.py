@@ -278,24 +278,32 @@ def test_every_field_has_its_label(make_napari_viewer, blob_image, store_dir, sy
         assert name in texts, f"field '{name}' has no label"
 
 
+def _stack_with_segmentation(make_napari_viewer, stack, model_dir):
+    """A viewer with ``stack``, an empty segmentation of it by ``model_dir`` and a
+    Fine-tune widget set to short rounds."""
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="scan")
+    labels = viewer.add_labels(
+        np.zeros(stack.shape, np.uint8), name="scan segmentation",
+        metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(model_dir)}},
+    )
+    widget = FinetuneWidget(viewer)
+    widget.steps.value = FAST_STEPS
+    return viewer, labels, widget
+
+
 @pytest.mark.parametrize("keep_connected", [True, False])
 def test_after_a_round_regions_not_connected_to_the_corrections_are_left_out(
     make_napari_viewer, tiny_model_dir, store_dir, sync, threshold_network, keep_connected
 ):
     from napari_unet.widgets.corrections import tracker_for
-    from napari_unet.widgets.finetune import FinetuneWidget
 
     stack = np.full((4, 30, 30), 100, np.float32)
     stack[0:3, 5:10, 5:10] = 300  # the lesion, through slices 0-2
     stack[3, 20:25, 20:25] = 300  # a look-alike on a slice nobody corrected
-    viewer = make_napari_viewer()
-    viewer.add_image(stack, name="scan")
-    labels = viewer.add_labels(
-        np.zeros(stack.shape, np.uint8), name="scan segmentation",
-        metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(tiny_model_dir)}},
-    )
-    widget = FinetuneWidget(viewer)
-    widget.steps.value = FAST_STEPS
+    viewer, labels, widget = _stack_with_segmentation(make_napari_viewer, stack, tiny_model_dir)
     widget.keep_connected.value = keep_connected
     labels.data[1, 5:10, 5:10] = 1  # the user's lesion on slice 1 ...
     viewer.dims.set_current_step(0, 1)
@@ -317,21 +325,12 @@ def test_after_a_round_regions_not_connected_to_the_corrections_are_left_out(
 def test_after_a_round_less_certain_pixels_next_to_the_kept_lesion_join_it_when_asked(
     make_napari_viewer, tiny_model_dir, store_dir, sync, ramp_network, widen
 ):
-    from napari_unet.widgets.finetune import FinetuneWidget
-
     stack = np.full((4, 30, 30), 100, np.float32)
     stack[0:3, 4:11, 4:11] = 150  # a dim rim: tumour probability 0.25, background by argmax
     stack[0:3, 5:10, 5:10] = 300  # the lesion
     stack[3, 20:25, 20:25] = 150  # a dim patch far from it
     stack[3, 0, 0] = 300
-    viewer = make_napari_viewer()
-    viewer.add_image(stack, name="scan")
-    labels = viewer.add_labels(
-        np.zeros(stack.shape, np.uint8), name="scan segmentation",
-        metadata={"napari_unet": {"role": "segmentation", "image_layer": "scan", "model": str(tiny_model_dir)}},
-    )
-    widget = FinetuneWidget(viewer)
-    widget.steps.value = FAST_STEPS
+    viewer, labels, widget = _stack_with_segmentation(make_napari_viewer, stack, tiny_model_dir)
     widget.widen.value = widen
     labels.data[1, 5:10, 5:10] = 1
     viewer.dims.set_current_step(0, 1)
@@ -350,3 +349,11 @@ def test_after_a_round_less_certain_pixels_next_to_the_kept_lesion_join_it_when_
         assert "widened" not in widget.summary.value
     widget.keep_connected.value = False
     assert not widget.widen.enabled
+
+
+def test_the_widen_tooltip_states_the_threshold_the_round_uses(make_napari_viewer, store_dir):
+    from napari_unet.core.postprocess import GROW_PROBABILITY
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    widget = FinetuneWidget(make_napari_viewer())
+    assert f"at least {round(100 * GROW_PROBABILITY)} %" in widget.widen.tooltip

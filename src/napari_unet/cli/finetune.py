@@ -151,4 +151,3 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"napari-unet finetune: warning: {note}", file=sys.stderr)
     return 0
-

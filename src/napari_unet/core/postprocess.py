@@ -136,36 +136,30 @@ def keep_connected(
             continue
         seed = np.asarray(seed, dtype=bool)
         predicted = (labels == class_id) & ~trusted
-        extra = None
+        extra = None  # candidates of this class: background pixels nobody trusted
         if candidates is not None:
             extra = (candidates == class_id) & ~trusted & (labels == 0)
-            if not extra.any():
-                extra = None
-        region = predicted | seed if extra is None else predicted | seed | extra
-        components, count = ndimage.label(region, structure=_FULL)
+        members = predicted if extra is None else predicted | extra
+        components, count = ndimage.label(members | seed, structure=_FULL)
         touched = np.unique(components[seed])
-        touched = touched[touched != 0]
         keep = np.zeros(count + 1, dtype=bool)
-        keep[touched] = True
+        keep[touched[touched != 0]] = True
         predicted_in = np.unique(components[predicted])
         predicted_in = predicted_in[predicted_in != 0]
-        kept = int(keep[predicted_in].sum())
-        grown = 0
-        if extra is not None:  # candidates reaching the seeds join, also without an argmax pixel
-            joined = extra & keep[components]
-            grown = int(joined.sum())
-            if grown and kept == 0:
-                kept = int(keep[np.unique(components[joined])].sum())
+        regions_in = np.unique(components[members])  # regions with argmax or candidate pixels
+        kept = int(keep[regions_in[regions_in != 0]].sum())
         if kept == 0:  # no predicted region reaches the user's: left as predicted
             report.append(Removed(class_id, 0, 0, int(predicted_in.size), connected=False))
             continue
         drop = predicted & ~keep[components]
-        voxels = int(drop.sum())
         labels[drop] = 0
-        if grown:
+        grown = 0
+        if extra is not None:  # candidates reaching the seeds join, also without an argmax pixel
+            joined = extra & keep[components]
+            grown = int(joined.sum())
             labels[joined] = class_id
         removed_regions = int(predicted_in.size) - int(keep[predicted_in].sum())
-        report.append(Removed(class_id, removed_regions, voxels, kept, grown))
+        report.append(Removed(class_id, removed_regions, int(drop.sum()), kept, grown))
     return report
 
 

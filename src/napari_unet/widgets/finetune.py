@@ -586,6 +586,5 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
 
 
 def _caveat(outcome) -> str:
-    result = getattr(outcome, "result", None)
-    return result.validation_caveat() if hasattr(result, "validation_caveat") else ""
-
+    """The round's validation caveat (a done round always carries its result)."""
+    return outcome.result.validation_caveat() if outcome.result is not None else ""
