@@ -189,21 +189,30 @@ class StallMeter:
         threading.Thread(target=run, daemon=True).start()
 
     def run(self, start, busy, limit: float) -> tuple[float, float, float]:
-        """Call ``start()``, spin the event loop while ``busy()``; (seconds, longest stall, p99) in ms."""
-        import numpy as np
-        from qtpy.QtWidgets import QApplication
+        """Call ``start()``, run Qt's event loop while ``busy()``; (seconds, longest stall, p99) in ms.
 
-        app = QApplication.instance()
+        A real ``QEventLoop`` as ``napari.run`` has, not a loop of
+        ``processEvents``: that one never runs deferred deletes, and napari then
+        leaves its status-bar animation repainting the window 16 times a second."""
+        import numpy as np
+        from qtpy.QtCore import QEventLoop
+
+        loop = QEventLoop()
         self.gaps = []
         began = time.perf_counter()
+
+        def check() -> None:
+            if not busy() or time.perf_counter() - began >= limit:
+                loop.quit()
+
+        self.timer.timeout.connect(check)
         self.clock.start()
         self.timer.start()
         start()  # the click itself runs on the GUI thread: it counts
-        while busy() and time.perf_counter() - began < limit:
-            app.processEvents()
-            time.sleep(0.001)
-        app.processEvents()
+        if busy():
+            loop.exec()
         self.timer.stop()
+        self.timer.timeout.disconnect(check)
         gaps = self.gaps[:] or [10.0]
         return time.perf_counter() - began, max(gaps) - 10, float(np.percentile(gaps, 99)) - 10
 

@@ -14,14 +14,31 @@ import time
 from pathlib import Path
 
 
-def wait_for(widget, app, timeout: float = 300.0) -> None:
+def run_loop(app, seconds: float, until=None) -> None:
+    """Run Qt's event loop as napari does (``app.exec``: timers, deferred
+    deletes) for ``seconds``, or until ``until()`` is true. A loop of
+    ``processEvents`` is not the same: it never deletes what ``deleteLater``
+    marked, and napari then leaves its status-bar animation running."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
     start = time.time()
-    while widget._worker is not None and time.time() - start < timeout:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.02)
+
+    def check() -> None:
+        if time.time() - start >= seconds or (until is not None and until()):
+            loop.quit()
+
+    timer = QTimer()
+    timer.timeout.connect(check)
+    timer.start(20)
+    loop.exec()
+    timer.stop()
+
+
+def wait_for(widget, app, timeout: float = 300.0) -> None:
+    """Until ``widget``'s job ends (its ``_worker`` is cleared), then 0.4 s more."""
+    run_loop(app, timeout, until=lambda: widget._worker is None)
+    run_loop(app, 0.4)
 
 
 def main() -> None:
