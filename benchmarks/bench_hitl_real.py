@@ -399,6 +399,7 @@ def strategy_curve(even: list[dict], suggested: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(even) + 1, figsize=(3.2 * (len(even) + 1), 3), dpi=100, squeeze=False)
     curves = {"even": {}, "suggested": {}}
@@ -414,8 +415,11 @@ def strategy_curve(even: list[dict], suggested: list[dict], path: Path) -> None:
         ks = sorted(per_k)
         axes[0][-1].plot(ks, [float(np.nanmean(per_k[k])) for k in ks], "o-", label=label)
     axes[0][-1].set_title("mean", fontsize=9)
+    ticks = sorted(set(curves["even"]) | set(curves["suggested"]))
     for ax in axes[0]:
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("corrected slices (k)", fontsize=8)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("held-out tumour Dice", fontsize=8)

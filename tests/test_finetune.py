@@ -273,5 +273,65 @@ def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_mod
     if lesion == 3:
         assert result.blind_classes == [1]
         assert f"hold almost no {name}" in result.validation_caveat()
+        # the gate then compares the lesion's fit on the slices the round learned from
+        assert 0.0 <= result.fit_before <= 1.0 and 0.0 <= result.fit_after <= 1.0
+        assert f"on the slices it learned from, {name} Dice" in result.validation_caveat()
+        assert result.gate_scores() == (result.fit_after, result.fit_before, f"{name} Dice on the corrected slices")
+        assert result.model.config.provenance["fit_dice_after"] == round(result.fit_after, 4)
     else:
         assert result.blind_classes == [] and result.validation_caveat() == ""
+        assert result.fit_before is None and result.gate_scores()[2] == "validation Dice"
+
+
+def test_with_blind_validation_a_round_that_forgets_the_lesion_counts_as_a_regression(small_model):
+    from dataclasses import replace
+
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[60:63, 60:63] = 1
+    result = finetune(image, labels, None, small_model, steps=2, device="cpu",
+                      options=FinetuneOptions(**{**FAST.__dict__, "val_block": 16}), return_result=True)
+    assert result.blind_classes == [1]
+    forgot = replace(result, val_dice_before=0.0, val_dice_after=0.0, fit_before=0.8, fit_after=0.2)
+    assert forgot.regressed  # blind 0 -> 0 validation figures alone would promote it
+    learned = replace(forgot, fit_after=0.9)
+    assert not learned.regressed
+    assert learned.gate_scores()[2].endswith("Dice on the corrected slices")
+    # a fall of the validation Dice still counts (more false lesion in the held-back blocks)
+    worse_elsewhere = replace(learned, val_dice_before=0.7, val_dice_after=0.4)
+    assert worse_elsewhere.regressed and worse_elsewhere.gate_scores() == (0.4, 0.7, "validation Dice")
+
+
+class _Oracle(torch.nn.Module):
+    """A 'network' that predicts a fixed label map (padded inputs allowed)."""
+
+    def __init__(self, labels: np.ndarray, classes: int = 3) -> None:
+        super().__init__()
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.classes = classes
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        h, w = self.labels.shape
+        out = torch.full((x.shape[0], self.classes, *x.shape[-2:]), -5.0)
+        out[:, :, :h, :w] = 5.0 * torch.nn.functional.one_hot(self.labels, self.classes).permute(2, 0, 1) - 5.0
+        return out
+
+
+def test_corrections_fit_scores_the_training_pixels_only():
+    from napari_unet.core.finetune import Correction, corrections_fit
+
+    labels = np.zeros((32, 32), np.int64)
+    labels[8:16, 8:16] = 1
+    train = np.ones((32, 32), np.float32)
+    train[:, 16:] = 0  # held back: what is predicted there does not count
+    entry = Correction("a", np.zeros((1, 32, 32), np.float32), labels, train, train == 0, [], 1)
+    assert corrections_fit(_Oracle(labels), [entry], [1]) == pytest.approx(1.0)
+    assert corrections_fit(_Oracle(np.zeros_like(labels)), [entry], [1]) == 0.0
+    elsewhere = labels.copy()
+    elsewhere[:, 20:] = 1  # false lesion on held-back pixels only
+    assert corrections_fit(_Oracle(elsewhere), [entry], [1]) == pytest.approx(1.0)
+    half = np.zeros_like(labels)
+    half[8:16, 8:12] = 1  # half the lesion: Dice 2*32/(32+64)
+    assert corrections_fit(_Oracle(half), [entry], [1]) == pytest.approx(2 / 3)
+    assert corrections_fit(_Oracle(np.zeros_like(labels)), [entry], [2]) is None  # nobody marks or predicts it

@@ -171,7 +171,11 @@ def test_cancel_changes_nothing_and_says_so(scene, sync, notes, monkeypatch):
     assert widget.finetune_button.enabled and not widget.cancel_button.enabled
 
 
-def test_regression_gate_lets_the_user_choose(scene, sync, notes, monkeypatch):
+@pytest.mark.parametrize("metric, where", [
+    ("validation Dice", "on your held-back trusted pixels"),
+    ("tumor Dice on the corrected slices", "on the slices it learned from"),
+])
+def test_regression_gate_lets_the_user_choose(scene, sync, notes, monkeypatch, metric, where):
     _, _, labels, widget = scene
     corrected = _paint_disc(labels)
     base_model = labels.metadata["napari_unet"]["model"]
@@ -179,12 +183,14 @@ def test_regression_gate_lets_the_user_choose(scene, sync, notes, monkeypatch):
     from napari_unet.core.versions import PromotionDecision
 
     def reject(store, candidate, previous, *_args, **_kwargs):
-        return PromotionDecision(False, candidate.id, previous, 0.25, 0.75, "worse")
+        return PromotionDecision(False, candidate.id, previous, 0.25, 0.75, "worse", metric)
 
     monkeypatch.setattr(type(widget.store), "promote", reject)
     widget.finetune()
     assert _shown(widget.gate_status) and _shown(widget.use_new_button)
     assert "0.250" in widget.gate_status.value and "0.750" in widget.gate_status.value
+    assert f"{metric} 0.250 {where}" in widget.gate_status.value
+    assert any(where in text for level, text in notes if level == "show_warning")
     np.testing.assert_array_equal(labels.data, corrected)  # nothing applied yet
     assert labels.metadata["napari_unet"]["model"] == base_model
     widget.keep_previous()

@@ -39,6 +39,7 @@ import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -209,25 +210,48 @@ class FinetuneResult:
     #: foreground classes the round trained on that the held-back blocks hold
     #: (almost) none of: the validation Dice says nothing about them
     blind_classes: list[int] = field(default_factory=list)
+    #: with blind classes: their Dice on the corrected slices' training pixels,
+    #: for the base and the new model (:func:`corrections_fit`), else ``None``
+    fit_before: float | None = None
+    fit_after: float | None = None
+
+    def _blind_names(self) -> str:
+        names = {c.id: c.name for c in self.model.config.classes}
+        return " or ".join(names.get(c, f"class {c}") for c in self.blind_classes)
 
     def validation_caveat(self) -> str:
         """`` (the held-back pixels hold almost no tumor: ...)`` when the
-        validation figure cannot see a class the round learned, else ""."""
+        validation figure cannot see a class the round learned, else "";
+        with the blind classes' Dice on the corrected slices when known."""
         if not self.blind_classes:
             return ""
-        names = {c.id: c.name for c in self.model.config.classes}
-        listed = " or ".join(names.get(c, f"class {c}") for c in self.blind_classes)
-        return f" (the held-back pixels hold almost no {listed}: this figure cannot tell whether the round learned it)"
+        text = f" (the held-back pixels hold almost no {self._blind_names()}: this figure cannot tell whether the round learned it"
+        if self.fit_before is not None and self.fit_after is not None:
+            text += (f"; on the slices it learned from, {self._blind_names()} Dice "
+                     f"{self.fit_before:.3f} -> {self.fit_after:.3f}")
+        return text + ")"
+
+    def gate_scores(self) -> tuple[float | None, float | None, str]:
+        """(new, base, what) for the regression gate: the validation Dice; but
+        when the held-back pixels cannot see a class the round learned and the
+        validation Dice did not fall, that class's Dice on the corrected slices
+        (a fit to what the user marked: a round that forgot it is held back,
+        where blind validation figures of 0 -> 0 would promote anything)."""
+        validation = (self.val_dice_after, self.val_dice_before, "validation Dice")
+        if self.blind_classes and self.fit_before is not None and self.fit_after is not None \
+                and not _fell(*validation[:2]):
+            return self.fit_after, self.fit_before, f"{self._blind_names()} Dice on the corrected slices"
+        return validation
 
     @property
     def regressed(self) -> bool:
-        """Whether the new model scores lower than its base on the held-back
-        trusted pixels (a user should hear about it before using it)."""
-        return (
-            self.val_dice_before is not None
-            and self.val_dice_after is not None
-            and self.val_dice_after < self.val_dice_before - REGRESSION_TOLERANCE
-        )
+        """Whether the new model scores lower than its base by
+        :meth:`gate_scores` (a user should hear about it before using it)."""
+        return _fell(*self.gate_scores()[:2])
+
+
+def _fell(after: float | None, before: float | None) -> bool:
+    return before is not None and after is not None and after < before - REGRESSION_TOLERANCE
 
 
 #: A validation Dice this much below the base's counts as a regression.
@@ -517,13 +541,7 @@ class CorrectionSampler:
             with torch.inference_mode():
                 for index in chosen:
                     entry = self.entries[index]
-                    _, h, w = entry.plane.shape
-                    divisor = net.config.divisor if hasattr(net, "config") else 16
-                    ph, pw = -h % divisor, -w % divisor
-                    x = np.pad(entry.plane, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw)
-                               else "edge")
-                    logits = net(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))
-                    pred = logits[0, :, :h, :w].argmax(0).cpu().numpy()
+                    pred = _predict_plane(net, entry.plane, device)
                     wrong = np.flatnonzero(pred[tuple(entry.train_coords.T)] != entry.labels[tuple(entry.train_coords.T)])
                     coords[index] = wrong
         finally:
@@ -566,6 +584,42 @@ class CorrectionSampler:
             ys.append(labels)
             ms.append(mask)
         return np.stack(xs), np.stack(ys).astype(np.int64), np.stack(ms)
+
+
+def _predict_plane(net: torch.nn.Module, plane: np.ndarray, device: Any) -> np.ndarray:
+    """Argmax class of every pixel of one normalised (C, H, W) plane (padded
+    to the network's divisor); the caller sets eval mode and inference mode."""
+    _, h, w = plane.shape
+    divisor = net.config.divisor if hasattr(net, "config") else 16
+    ph, pw = -h % divisor, -w % divisor
+    x = np.pad(plane, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+    logits = net(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))
+    return logits[0, :, :h, :w].argmax(0).cpu().numpy()
+
+
+def corrections_fit(net: torch.nn.Module, entries: list[Correction], classes: list[int]) -> float | None:
+    """Mean Dice of ``classes`` on the corrections' *training* pixels: how well
+    ``net`` reproduces what the user marked on the slices the round learned
+    from (seen in training, so it is a fit, not a test). ``None`` when no
+    such pixel is predicted or marked as any of the classes."""
+    modes = [m.training for m in net.modules()]
+    device = next(net.parameters()).device
+    net.eval()
+    overlap = dict.fromkeys(classes, 0)
+    sizes = dict.fromkeys(classes, 0)
+    try:
+        with torch.inference_mode():
+            for entry in entries:
+                trained = entry.train_mask > 0
+                pred, truth = _predict_plane(net, entry.plane, device)[trained], entry.labels[trained]
+                for c in classes:
+                    overlap[c] += int(np.count_nonzero((pred == c) & (truth == c)))
+                    sizes[c] += int(np.count_nonzero(pred == c) + np.count_nonzero(truth == c))
+    finally:
+        for m, mode in zip(net.modules(), modes):
+            m.training = mode
+    scores = [2 * overlap[c] / sizes[c] for c in classes if sizes[c]]
+    return float(np.mean(scores)) if scores else None
 
 
 #: held-back pixels a class needs for validation to judge it (``keep="auto"``)
@@ -848,10 +902,17 @@ def finetune_iter(
         notes=list(result.notes),
         blind_classes=list(blind),
     )
+    if blind:  # the held-back pixels cannot judge these classes: how well do they fit?
+        finished.fit_before = corrections_fit(base.net, entries, blind)
+        finished.fit_after = corrections_fit(new.net, entries, blind)
+        provenance["blind_classes"] = list(blind)
+        provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
+        provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
     if finished.regressed:
+        after, before, what = finished.gate_scores()
+        where = "on the slices it learned from" if what != "validation Dice" else "on the held-back trusted pixels"
         finished.notes.append(
-            f"the new model scores lower than its base on the held-back trusted pixels "
-            f"(validation Dice {result.initial_val_dice:.3f} -> {result.best_val_dice:.3f}); "
+            f"the new model scores lower than its base {where} ({what} {before:.3f} -> {after:.3f}); "
             "keep the base model, or correct more slices and fine-tune again"
         )
         log.warning(finished.notes[-1])

@@ -86,6 +86,9 @@ class PromotionDecision:
     val_dice_candidate: float | None
     val_dice_previous: float | None
     reason: str
+    #: what the two numbers are: "validation Dice" (the held-back trusted
+    #: pixels) or, when those cannot see a class, its Dice on the corrected slices
+    metric: str = "validation Dice"
 
     @property
     def needs_confirmation(self) -> bool:
@@ -272,6 +275,7 @@ class ModelStore:
         val_dice_candidate: float | None,
         val_dice_previous: float | None,
         tolerance: float = 0.0,
+        metric: str = "validation Dice",
     ) -> PromotionDecision:
         """The regression gate: make ``candidate`` current unless its validation
         Dice is worse than ``previous``'s (by more than ``tolerance``) on the
@@ -282,26 +286,27 @@ class ModelStore:
         cand_score = _number(val_dice_candidate)
         prev_score = _number(val_dice_previous)
         if cand_score is None or prev_score is None:
-            promoted, reason = True, "no validation Dice to compare; promoted"
+            promoted, reason = True, f"no {metric} to compare; promoted"
         elif cand_score + tolerance >= prev_score:
             promoted = True
-            reason = f"validation Dice {cand_score:.3f} vs {prev_score:.3f} before: promoted"
+            reason = f"{metric} {cand_score:.3f} vs {prev_score:.3f} before: promoted"
         else:
             promoted = False
             reason = (
-                f"validation Dice fell from {prev_score:.3f} to {cand_score:.3f} on the same trusted "
+                f"{metric} fell from {prev_score:.3f} to {cand_score:.3f} on the same trusted "
                 f"pixels: stored as {cand.id} but not made current"
             )
         data = self._read()
         for entry in data["versions"]:
             if entry["id"] == cand.id:
                 entry.setdefault("metrics", {}).update(
-                    {"val_dice": cand_score, "val_dice_previous": prev_score, "promoted": promoted}
+                    {"val_dice": cand_score, "val_dice_previous": prev_score, "promoted": promoted,
+                     "gate": metric}
                 )
         if promoted:
             data["current"] = cand.id
         self._write(data)
-        return PromotionDecision(promoted, cand.id, prev_id, cand_score, prev_score, reason)
+        return PromotionDecision(promoted, cand.id, prev_id, cand_score, prev_score, reason, metric)
 
 
 def _number(value: float | None) -> float | None:

@@ -193,7 +193,8 @@ def finetune_job(
             "cancelled", version=version, result=result, steps=steps, seconds=time.perf_counter() - start
         )
     yield ("status", "checking against the previous version…")
-    decision = store.promote(version, parent, result.val_dice_after, result.val_dice_before)
+    after, before, metric = result.gate_scores()  # validation, or the fit when validation is blind
+    decision = store.promote(version, parent, after, before, metric=metric)
     yield ("status", "segmenting again…")
     from napari_unet.core.postprocess import GROW_PROBABILITY
 

@@ -23,15 +23,15 @@ class GateMixin:
         return bool(decision.promoted)
 
     @staticmethod
-    def _gate_numbers(outcome: Any) -> tuple[float | None, float | None]:
+    def _gate_numbers(outcome: Any) -> tuple[float | None, float | None, str]:
+        """(previous, new, what) as the gate compared them."""
         decision, result = outcome.decision, outcome.result
         before = getattr(decision, "val_dice_previous", None)
         after = getattr(decision, "val_dice_candidate", None)
-        if before is None:
-            before = getattr(result, "val_dice_before", None)
-        if after is None:
-            after = getattr(result, "val_dice_after", None)
-        return before, after
+        metric = getattr(decision, "metric", "validation Dice")
+        if before is None and after is None and result is not None:
+            after, before, metric = result.gate_scores()
+        return before, after, metric
 
     def _show_gate(self, visible: bool) -> None:
         for widget in (self.gate_status, self.gate_row, self.use_new_button, self.keep_old_button):

@@ -517,16 +517,17 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             self._apply(outcome)
         else:
             self._pending = outcome
-            before, after = self._gate_numbers(outcome)
+            before, after, metric = self._gate_numbers(outcome)
+            where = "your held-back trusted pixels" if metric == "validation Dice" else "the slices it learned from"
             self.gate_status.value = (
-                f"The new version {outcome.version.id} scores val. Dice {_fmt(after)} on your trusted "
-                f"pixels; the previous model scored {_fmt(before)}. It was not used. Choose:"
+                f"The new version {outcome.version.id} scores {metric} {_fmt(after)} on {where}; "
+                f"the previous model scored {_fmt(before)}. It was not used. Choose:"
             )
             self._show_gate(True)
             self.status.value = "the new version is worse than the previous one: your choice"
             show_warning(
-                f"The fine-tuned version is worse than the previous one on the same trusted pixels "
-                f"(val. Dice {_fmt(after)} vs {_fmt(before)}); it was saved but not used. Choose in the widget."
+                f"The fine-tuned version is worse than the previous one on {where} "
+                f"({metric} {_fmt(after)} vs {_fmt(before)}); it was saved but not used. Choose in the widget."
             )
 
     # --------------------------------------------------------- applying
@@ -558,7 +559,9 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             meta["classes"] = {c.id: c.name for c in outcome.classes}
         self._selection.select(outcome.version.path)  # the Segment widget uses it from now on too
         self.model.value = LAYER_MODEL
-        before, after = self._gate_numbers(outcome)
+        result = outcome.result
+        before = result.val_dice_before if result is not None else None
+        after = result.val_dice_after if result is not None else None
         self.last_summary = {
             "version": outcome.version.id,
             "trusted_pixels": stats["trusted_pixels"],
