@@ -302,6 +302,21 @@ def test_with_blind_validation_a_round_that_forgets_the_lesion_counts_as_a_regre
     assert worse_elsewhere.regressed and worse_elsewhere.gate_scores() == (0.4, 0.7, "validation Dice")
 
 
+def test_a_round_that_forgot_the_lesion_says_so_with_the_figure_it_used(small_model, monkeypatch):
+    import napari_unet.core.finetune as ft
+
+    fits = iter([0.8, 0.2])  # the base, then the new model
+    monkeypatch.setattr(ft, "corrections_fit", lambda net, entries, classes: next(fits))
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[60:63, 60:63] = 1
+    result = finetune(image, labels, None, small_model, steps=2, device="cpu",
+                      options=FinetuneOptions(**{**FAST.__dict__, "val_block": 16}), return_result=True)
+    name = small_model.config.classes[1].name
+    assert result.regressed and result.model.config.provenance["regressed"] is True
+    assert any(f"on the slices it learned from ({name} Dice 0.800 -> 0.200)" in n for n in result.notes)
+
+
 class _Oracle(torch.nn.Module):
     """A 'network' that predicts a fixed label map (padded inputs allowed)."""
 

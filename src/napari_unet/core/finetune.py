@@ -910,9 +910,12 @@ def finetune_iter(
         provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
     if finished.regressed:
         after, before, what = finished.gate_scores()
-        where = "on the slices it learned from" if what != "validation Dice" else "on the held-back trusted pixels"
+        if what == "validation Dice":
+            detail = f"on the held-back trusted pixels (validation Dice {before:.3f} -> {after:.3f})"
+        else:
+            detail = f"on the slices it learned from ({finished._blind_names()} Dice {before:.3f} -> {after:.3f})"
         finished.notes.append(
-            f"the new model scores lower than its base {where} ({what} {before:.3f} -> {after:.3f}); "
+            f"the new model scores lower than its base {detail}; "
             "keep the base model, or correct more slices and fine-tune again"
         )
         log.warning(finished.notes[-1])
