@@ -15,6 +15,7 @@ from napari_unet.core.finetune import (
 )
 from napari_unet.core.metrics import mean_foreground_dice
 from napari_unet.core.predict import predict
+from napari_unet.core.versions import VALIDATION_FIGURE
 
 FAST = FinetuneOptions(lr=1e-2, crop_size=32, batch_size=4, val_every=10, patience=None, warmup_steps=2)
 
@@ -276,11 +277,11 @@ def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_mod
         # the gate then compares the lesion's fit on the slices the round learned from
         assert 0.0 <= result.fit_before <= 1.0 and 0.0 <= result.fit_after <= 1.0
         assert f"on the slices it learned from, {name} Dice" in result.validation_caveat()
-        assert result.gate_scores() == (result.fit_after, result.fit_before, f"{name} Dice on the corrected slices")
+        assert result.gate_scores() == (result.fit_after, result.fit_before, f"{name} Dice on the slices it learned from")
         assert result.model.config.provenance["fit_dice_after"] == round(result.fit_after, 4)
     else:
         assert result.blind_classes == [] and result.validation_caveat() == ""
-        assert result.fit_before is None and result.gate_scores()[2] == "validation Dice"
+        assert result.fit_before is None and result.gate_scores()[2] == VALIDATION_FIGURE
 
 
 def test_with_blind_validation_a_round_that_forgets_the_lesion_counts_as_a_regression(small_model):
@@ -296,10 +297,10 @@ def test_with_blind_validation_a_round_that_forgets_the_lesion_counts_as_a_regre
     assert forgot.regressed  # blind 0 -> 0 validation figures alone would promote it
     learned = replace(forgot, fit_after=0.9)
     assert not learned.regressed
-    assert learned.gate_scores()[2].endswith("Dice on the corrected slices")
+    assert learned.gate_scores()[2].endswith("Dice on the slices it learned from")
     # a fall of the validation Dice still counts (more false lesion in the held-back blocks)
     worse_elsewhere = replace(learned, val_dice_before=0.7, val_dice_after=0.4)
-    assert worse_elsewhere.regressed and worse_elsewhere.gate_scores() == (0.4, 0.7, "validation Dice")
+    assert worse_elsewhere.regressed and worse_elsewhere.gate_scores() == (0.4, 0.7, VALIDATION_FIGURE)
 
 
 def test_a_round_that_forgot_the_lesion_says_so_with_the_figure_it_used(small_model, monkeypatch):
@@ -314,7 +315,7 @@ def test_a_round_that_forgot_the_lesion_says_so_with_the_figure_it_used(small_mo
                       options=FinetuneOptions(**{**FAST.__dict__, "val_block": 16}), return_result=True)
     name = small_model.config.classes[1].name
     assert result.regressed and result.model.config.provenance["regressed"] is True
-    assert any(f"on the slices it learned from ({name} Dice 0.800 -> 0.200)" in n for n in result.notes)
+    assert any(f"({name} Dice on the slices it learned from: 0.800 -> 0.200)" in n for n in result.notes)
 
 
 class _Oracle(torch.nn.Module):

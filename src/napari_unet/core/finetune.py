@@ -50,6 +50,7 @@ from .device import resolve_device
 from .model import to_instance_norm
 from .normalize import intensity_ranges, normalize_slice
 from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
+from .versions import VALIDATION_FIGURE
 from .weights import SegmentationModel
 
 log = logging.getLogger(__name__)
@@ -237,10 +238,10 @@ class FinetuneResult:
         validation Dice did not fall, that class's Dice on the corrected slices
         (a fit to what the user marked: a round that forgot it is held back,
         where blind validation figures of 0 -> 0 would promote anything)."""
-        validation = (self.val_dice_after, self.val_dice_before, "validation Dice")
+        validation = (self.val_dice_after, self.val_dice_before, VALIDATION_FIGURE)
         if self.blind_classes and self.fit_before is not None and self.fit_after is not None \
                 and not _fell(*validation[:2]):
-            return self.fit_after, self.fit_before, f"{self._blind_names()} Dice on the corrected slices"
+            return self.fit_after, self.fit_before, f"{self._blind_names()} Dice on the slices it learned from"
         return validation
 
     @property
@@ -910,12 +911,8 @@ def finetune_iter(
         provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
     if finished.regressed:
         after, before, what = finished.gate_scores()
-        if what == "validation Dice":
-            detail = f"on the held-back trusted pixels (validation Dice {before:.3f} -> {after:.3f})"
-        else:
-            detail = f"on the slices it learned from ({finished._blind_names()} Dice {before:.3f} -> {after:.3f})"
         finished.notes.append(
-            f"the new model scores lower than its base {detail}; "
+            f"the new model scores lower than its base ({what}: {before:.3f} -> {after:.3f}); "
             "keep the base model, or correct more slices and fine-tune again"
         )
         log.warning(finished.notes[-1])

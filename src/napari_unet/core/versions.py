@@ -71,6 +71,10 @@ class Version:
         return data
 
 
+#: the regression gate's usual figure, as the user reads it
+VALIDATION_FIGURE = "validation Dice on the held-back trusted pixels"
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     """What :meth:`ModelStore.promote` decided, with both numbers for the user.
@@ -86,9 +90,9 @@ class PromotionDecision:
     val_dice_candidate: float | None
     val_dice_previous: float | None
     reason: str
-    #: what the two numbers are: "validation Dice" (the held-back trusted
-    #: pixels) or, when those cannot see a class, its Dice on the corrected slices
-    metric: str = "validation Dice"
+    #: what the two numbers are, said in full (the validation Dice, or a
+    #: class's Dice on the corrected slices when validation cannot see it)
+    metric: str = VALIDATION_FIGURE
 
     @property
     def needs_confirmation(self) -> bool:
@@ -275,7 +279,7 @@ class ModelStore:
         val_dice_candidate: float | None,
         val_dice_previous: float | None,
         tolerance: float = 0.0,
-        metric: str = "validation Dice",
+        metric: str = VALIDATION_FIGURE,
     ) -> PromotionDecision:
         """The regression gate: make ``candidate`` current unless its validation
         Dice is worse than ``previous``'s (by more than ``tolerance``) on the
@@ -293,8 +297,8 @@ class ModelStore:
         else:
             promoted = False
             reason = (
-                f"{metric} fell from {prev_score:.3f} to {cand_score:.3f} on the same trusted "
-                f"pixels: stored as {cand.id} but not made current"
+                f"{metric} fell from {prev_score:.3f} to {cand_score:.3f}: "
+                f"stored as {cand.id} but not made current"
             )
         data = self._read()
         for entry in data["versions"]:

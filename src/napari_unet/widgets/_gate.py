@@ -28,7 +28,7 @@ class GateMixin:
         decision, result = outcome.decision, outcome.result
         before = getattr(decision, "val_dice_previous", None)
         after = getattr(decision, "val_dice_candidate", None)
-        metric = getattr(decision, "metric", "validation Dice")
+        metric = getattr(decision, "metric", "")
         if before is None and after is None and result is not None:
             after, before, metric = result.gate_scores()
         return before, after, metric

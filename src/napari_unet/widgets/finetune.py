@@ -518,16 +518,15 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         else:
             self._pending = outcome
             before, after, metric = self._gate_numbers(outcome)
-            where = "your held-back trusted pixels" if metric == "validation Dice" else "the slices it learned from"
             self.gate_status.value = (
-                f"The new version {outcome.version.id} scores {metric} {_fmt(after)} on {where}; "
+                f"The new version {outcome.version.id} scores {_fmt(after)} ({metric}); "
                 f"the previous model scored {_fmt(before)}. It was not used. Choose:"
             )
             self._show_gate(True)
             self.status.value = "the new version is worse than the previous one: your choice"
             show_warning(
-                f"The fine-tuned version is worse than the previous one on {where} "
-                f"({metric} {_fmt(after)} vs {_fmt(before)}); it was saved but not used. Choose in the widget."
+                f"The fine-tuned version is worse than the previous one ({metric}: {_fmt(after)} vs "
+                f"{_fmt(before)}); it was saved but not used. Choose in the widget."
             )
 
     # --------------------------------------------------------- applying
