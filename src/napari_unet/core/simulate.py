@@ -351,10 +351,33 @@ def _mri_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[n
                 0.035 * s * zoom, 0.4, elongation=rng.uniform(2.0, 3.5), angle=rng.uniform(1.2, 1.9))
             image[box][vent] = csf
     image[(rho > 0.86) & (rho <= 0.93)] = csf * 0.5 + 0.1
-    image[(rho > 0.93) & (rho <= 0.97)] = bone
-    image[(rho > 0.97) & (rho <= 1.04)] = fat
-    image[rho > 1.04] = 0.0
-    body = rho <= 1.04
+    # skull and scalp of varying thickness around the head (thick over the
+    # forehead and the occiput, thin at the temples): bright fat and galea
+    # bands that are anatomy, not lesions; dark cortical bone, brighter marrow
+    yy, xx = _grid(shape)
+    theta = np.arctan2(yy - center[0], xx - center[1])
+    thick = 1.0 + 0.5 * np.cos(2 * theta + rng.uniform(0, np.pi)) * rng.uniform(0.3, 1.0)
+    skull_out = 0.93 + rng.uniform(0.03, 0.07) * thick
+    outer = skull_out + rng.uniform(0.04, 0.14) * thick
+    skull = (rho > 0.93) & (rho <= skull_out)
+    image[skull] = bone
+    if rng.random() < 0.6:  # diploe: marrow between the two tables of the skull
+        mid = (rho > 0.93 + 0.3 * (skull_out - 0.93)) & (rho <= 0.93 + 0.7 * (skull_out - 0.93))
+        image[mid] = fat * rng.uniform(0.4, 0.8)
+    scalp = (rho > skull_out) & (rho <= outer)
+    bands = ndimage.gaussian_filter(fractal_noise(rng, shape, beta=2.5, cutoff=4.0), 1.0)
+    image[scalp] = fat * (1.0 - rng.uniform(0.1, 0.5) * (bands[scalp] > rng.uniform(-0.3, 0.5)))
+    body = rho <= outer
+    if rng.random() < 0.25:  # orbits: bright retro-orbital fat around a dark globe, in front
+        t0 = rng.uniform(0, 2 * np.pi)
+        for side in (-1, 1):
+            t = t0 + side * 0.35
+            c = (center[0] + 0.8 * axes[0] * math.sin(t), center[1] + 0.8 * axes[1] * math.cos(t))
+            orbit, box, orho = _blob_mask(rng, shape, c, 0.09 * s * zoom, 0.3, 1.3, t)
+            image[box][orbit] = fat * rng.uniform(0.8, 1.0)
+            image[box][orho < 0.55] = csf * rng.uniform(0.6, 1.0)
+            body[box] |= orbit
+    image[~body] = 0.0
     return image, body
 
 
@@ -444,6 +467,27 @@ def _ct_background(
                 gas = m & (fractal_noise(rng, shape, beta=3.0, cutoff=2.0) > 0.5)
                 image[gas] = hu["air"] + 100.0
                 unit[gas] = 0.0
+    # muscle groups: the wall split by fat planes, thick back (paraspinal)
+    # muscles behind the spine, psoas beside it in the abdomen, pectoral
+    # muscles in front of the chest; all soft tissue in fat, none a lesion
+    gy_, gx_ = _grid(shape)
+    theta = np.arctan2((gy_ - cy) / ay, (gx_ - cx) / ax)
+    for _ in range(int(rng.integers(0, 6))):
+        t, width = rng.uniform(-np.pi, np.pi), rng.uniform(0.01, 0.05)
+        plane = muscle_wall & (np.abs(np.angle(np.exp(1j * (theta - t)))) < width)
+        image[plane] = hu["fat"] + 10.0
+    groups = [(spine_c[0] + 0.1 * ay, spine_c[1] + side * 0.17 * ax, 0.14 * ay, 1.6, 0.0) for side in (-1, 1)]
+    if lung.any():
+        groups += [(cy - 0.78 * ay, cx + side * 0.35 * ax, 0.1 * ay, 2.5, side * 0.3) for side in (-1, 1)]
+    else:
+        groups += [(spine_c[0] - 0.15 * ay, spine_c[1] + side * 0.2 * ax, 0.08 * ay, 1.3, 0.0) for side in (-1, 1)]
+    for gy, gx, r, elong, angle in groups:
+        if rng.random() < 0.25:
+            continue
+        m = _organ(rng, shape, (gy, gx), r * rng.uniform(0.7, 1.3), 0.3, elong * rng.uniform(0.8, 1.2),
+                   angle + rng.normal(0, 0.15)) & body & ~lung
+        image[m] = hu["muscle"] + rng.normal(0, 4)
+        unit[m] = 65.0
     # spine and ribs
     vert = _organ(rng, shape, spine_c, 0.12 * ay, 0.15)
     cortex = vert & ~ndimage.binary_erosion(vert, iterations=max(1, int(0.015 * s * zoom)))
@@ -453,7 +497,7 @@ def _ct_background(
     for _ in range(int(rng.integers(4, 12))):
         t = rng.uniform(0, 2 * np.pi)
         c = (cy + 0.84 * ay * math.sin(t), cx + 0.84 * ax * math.cos(t))
-        rib, box, _ = _blob_mask(rng, shape, c, rng.uniform(0.02, 0.04) * s * zoom, 0.2, 2.0, t + np.pi / 2)
+        rib, box, _ = _blob_mask(rng, shape, c, rng.uniform(0.012, 0.025) * s * zoom, 0.2, 2.0, t + np.pi / 2)
         image[box][rib] = hu["cortex"] * 0.8
         unit[box][rib] = 0.0
     # parenchymal texture (a few HU) and the reconstruction's blur
@@ -619,12 +663,15 @@ def _add_tumors(
         # log-uniform size: many small lesions, some large
         lo, hi = config.tumor_diameter
         diameter = max(3.0, math.exp(rng.uniform(math.log(lo), math.log(hi))) * s)
+        if rng.random() < 0.3:  # the lesion a scan was taken for: often a sizeable part of the field
+            diameter = max(diameter, rng.uniform(math.sqrt(lo * hi), hi) * s)
         mask, box, rho = _blob_mask(
             rng, (h, w), c, diameter / 2, rng.uniform(0.1, 0.9),
             elongation=rng.uniform(1.0, 1.8), angle=rng.uniform(0, np.pi))
         if not mask.any():
             continue
-        sign = rng.choice((-1.0, 1.0))
+        # MRI: most tumour scans are T1 post-contrast, T2 or FLAIR, where lesions are bright
+        sign = 1.0 if rng.random() < (0.75 if style == "mri" else 0.5) else -1.0
         sign = float(config.tumor_sign) if config.tumor_sign is not None else sign
         unit = scale
         if unit_map is not None:
