@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 
@@ -33,7 +34,37 @@ def test_warm_up_runs_once_per_process(monkeypatch):
     monkeypatch.setattr(_common, "_WARMING", [])
     monkeypatch.setattr(_common, "_WARMED", _common.threading.Event())
     monkeypatch.setattr(_common, "run_generator", lambda fn, **kw: started.append(kw["on_finish"]) or object())
+    at_exit = []
+    monkeypatch.setattr(_common.atexit, "register", at_exit.append)
     first = _common.warm_up_once()
     assert _common.warm_up_once() is first and len(started) == 1 and not first.is_set()
+    assert at_exit == [_common._wait_for_warm_up_at_exit]  # once, with the worker
     started[0]()  # the worker finished
     assert first.is_set() and _common.warm_up_once() is first and len(started) == 1
+
+
+EXIT_DURING_WARM_UP = """
+import os
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from qtpy.QtWidgets import QApplication
+app = QApplication([])
+from napari_unet.widgets import _common
+_common.warm_up_once()
+print("leaving while the warm-up imports torch", flush=True)
+"""
+
+
+def test_a_process_that_exits_during_the_warm_up_exits_cleanly():
+    """Closing napari (or a script ending) while the warm-up worker is still
+    importing torch aborted the interpreter (SIGABRT, "operator ... does not
+    exist") and printed torch's finalizer errors; it now waits for the
+    warm-up and exits with status 0 and nothing on stderr but logging."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("NAPARI_UNET_SYNC", None)
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_WARM_UP], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "leaving" in done.stdout
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-2000:]

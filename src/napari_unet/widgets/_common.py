@@ -13,6 +13,7 @@ script that runs without napari's exception hook).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import logging
@@ -130,15 +131,43 @@ def warm_up() -> Generator[None, None, None]:
     yield None
 
 
+_WARM_THREAD_DONE = threading.Event()  # set by the worker thread itself, with no event loop needed
+#: How long a process that exits during the warm-up waits for it (seconds).
+EXIT_WAIT_S = 120.0
+
+
+def _warm_up_in_worker() -> Generator[None, None, None]:
+    try:
+        yield from warm_up()
+    finally:
+        _WARM_THREAD_DONE.set()
+
+
+def _wait_for_warm_up_at_exit() -> None:
+    """An interpreter that shuts down while a worker thread is in the middle
+    of importing torch aborts (torch's operator registry is torn down under
+    the import); the process waits for the warm-up instead. Qt's pool threads
+    are not joined by Python, and at exit no event loop delivers the worker's
+    ``finished`` signal, so this waits on an event the thread sets itself."""
+    if not _WARM_THREAD_DONE.wait(EXIT_WAIT_S):
+        _log.warning("the warm-up was still running after %.0f s at exit", EXIT_WAIT_S)
+
+
 def warm_up_once() -> threading.Event:
     """Start this process's warm-up worker (:func:`warm_up`) unless it has been
     started; the returned event is set when it is done (at once when
-    :func:`synchronous`, where nothing is warmed)."""
+    :func:`synchronous`, where nothing is warmed). A process that exits
+    before the warm-up is done waits for it (:func:`_wait_for_warm_up_at_exit`)."""
     with _WARM_LOCK:
         if synchronous():
             _WARMED.set()
         elif not _WARMING and not _WARMED.is_set():
-            _WARMING.append(run_generator(warm_up, on_finish=_WARMED.set))
+            # weakref's own exit hook (which runs the finalizers torch makes
+            # while it imports) must run after this wait: atexit runs last-in
+            # first-out, so make sure it is registered first
+            weakref.finalize(_wait_for_warm_up_at_exit, lambda: None)
+            atexit.register(_wait_for_warm_up_at_exit)
+            _WARMING.append(run_generator(_warm_up_in_worker, on_finish=_WARMED.set))
     return _WARMED
 
 
