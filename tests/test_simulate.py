@@ -191,3 +191,28 @@ def test_fixed_style_background_and_polarity():
         SimulatorConfig(em_background="marble")
     with pytest.raises(ValueError, match="nerve_sign"):
         SimulatorConfig(nerve_sign=2)
+
+
+def test_mri_lesions_are_mostly_enhancing_and_ct_keeps_both_signs():
+    """Tumour MRI is mostly post-contrast T1, T2 or FLAIR, where lesions are
+    brighter than the tissue around them; CT lesions are hyper- or hypodense."""
+    from scipy import ndimage
+
+    def brighter_share(modality: str) -> float:
+        signs = []
+        for seed in range(40):
+            image, labels = simulate_scan(seed, (128, 128), modality, config=PLAIN)
+            lesion = labels == 1
+            if modality == "ct":
+                image = np.clip(image, -160, 240)
+            components, n = ndimage.label(lesion)
+            for i in range(1, n + 1):
+                m = components == i
+                ring = ndimage.binary_dilation(m, iterations=4) & ~ndimage.binary_dilation(m) & (labels == 0)
+                if m.sum() >= 20 and ring.sum() >= 20:
+                    signs.append(np.median(image[m]) > np.median(image[ring]))
+        assert len(signs) >= 15, modality
+        return float(np.mean(signs))
+
+    assert brighter_share("mri") > 0.6
+    assert 0.2 < brighter_share("ct") < 0.9
