@@ -274,14 +274,26 @@ def rounds_for(k: int) -> list[int]:
     return sizes
 
 
-def pool_scores(model, volume: np.ndarray, median: int) -> np.ndarray:
-    """Per-slice uncertainty of the pool slices (0..median-1), normalised with the whole volume."""
+def pool_scores(model, volume: np.ndarray, median: int, truth: np.ndarray | None = None,
+                reviewed: list[int] = (), near_lesion: bool = True) -> np.ndarray:
+    """Per-slice uncertainty of the pool slices (0..median-1), normalised with the whole volume.
+
+    With ``reviewed`` slices (their ``truth`` trusted) and ``near_lesion``,
+    the doubt near the corrected lesion ranks first, as the widget's list
+    after a round does (``predict(..., corrections=...)``)."""
     from napari_unet.core.normalize import intensity_ranges
+    from napari_unet.core.postprocess import seeds_from_corrections
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
 
     ranges = intensity_ranges(volume, model.config.input, False)
     options = PredictOptions(device="cpu", uncertainty=True)
-    return run_to_end(predict_iter(volume[:median], model, options, intensity_ranges=ranges)).slice_uncertainty
+    seeds = None
+    if near_lesion and reviewed and truth is not None:
+        mask = np.zeros((median, *volume.shape[1:]), bool)
+        mask[[z for z in reviewed if z < median]] = True
+        seeds = seeds_from_corrections(truth[:median], mask) or None
+    return run_to_end(predict_iter(volume[:median], model, options, intensity_ranges=ranges,
+                                   seeds=seeds)).slice_uncertainty
 
 
 def run_case_suggested(name: str, args, base) -> dict:
@@ -305,7 +317,7 @@ def run_case_suggested(name: str, args, base) -> dict:
             if i == 0 and args.first == "user":
                 picked = choose_slices(size, median, split(truth)[1])
             else:
-                scores = pool_scores(model, volume, median)
+                scores = pool_scores(model, volume, median, truth, reviewed, args.near_lesion)
                 picked = [z for z, _ in review_order(scores, reviewed, top=size)]
             reviewed += picked
             mask = np.zeros(truth.shape, bool)
@@ -449,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=("even", "suggested", "both"), default="even",
                         help="which slices are corrected: even (spread over the pool's tumour slices), "
                              "suggested (rounds on the most uncertain pool slices), or both")
+    parser.add_argument("--plain-scores", dest="near_lesion", action="store_false",
+                        help="suggested: rank by the plain slice score, not the doubt near the corrected lesion first")
     parser.add_argument("--first", choices=("user", "list"), default="user",
                         help="suggested strategy: the first slice is the user's (the even k=1 slice) or the list's")
     parser.add_argument("--curve", type=Path, default=None,

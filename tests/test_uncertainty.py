@@ -120,3 +120,45 @@ def test_cli_refuses_a_png_uncertainty_and_writes_nothing(tmp_path, tiny_model_d
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "float32" in err[0]
     assert not out.exists() and not unc.exists()
+
+
+def test_near_lesion_scores_rank_doubt_next_to_the_corrected_lesion_first():
+    from napari_unet.core.uncertainty import near_lesion_scores, review_order
+
+    focus = np.zeros((5, 40, 40), bool)
+    focus[2, 15:25, 15:25] = True
+    doubt = np.zeros((5, 40, 40), np.float32)
+    doubt[3, 14:26, 14:26] = 0.5  # where the lesion goes on, one slice up
+    doubt[0, 0:10, 0:10] = 0.9  # far from it, and more doubt in all
+    plain = np.array([doubt[z].mean() for z in range(5)])
+    assert review_order(plain, [2])[0][0] == 0
+    scores = near_lesion_scores(doubt, focus, plain, reach=4)
+    assert [z for z, _ in review_order(scores, [2])][:2] == [3, 0]  # the plain score orders the rest
+    # the same from the 0..255 form the predictor keeps
+    scores8 = near_lesion_scores(np.rint(doubt * 255).astype(np.uint8), focus, plain, reach=4)
+    np.testing.assert_allclose(scores8, scores, rtol=0.01)
+    # nothing corrected: the plain scores
+    np.testing.assert_array_equal(near_lesion_scores(doubt, np.zeros_like(focus), plain), plain)
+
+
+def test_predict_after_corrections_lists_the_lesions_neighbour_first(ramp_network, tiny_model):
+    """The predictor's review scores after a correction: the faint continuation
+    of the corrected lesion (slice 4) comes before a larger faint patch far
+    from it (slice 0), which plain scores rank first."""
+    import napari_unet
+
+    volume = np.zeros((6, 48, 48), np.float32)
+    volume[:, 47, 47] = 1.0  # the same brightest value in every plane (the ramp is per plane)
+    yy, xx = np.mgrid[:48, :48]
+    disc = (yy - 24) ** 2 + (xx - 24) ** 2 <= 36
+    volume[2][disc] = volume[3][disc] = 1.0
+    volume[4][disc] = 0.45
+    volume[0, 0:13, 0:13] = 0.45
+    truth = np.zeros(volume.shape, np.uint8)
+    truth[2][disc] = 1
+    trusted = np.zeros(volume.shape, bool)
+    trusted[2] = True
+    plain = napari_unet.predict(volume, tiny_model, uncertainty=True).slice_uncertainty
+    assert napari_unet.core.uncertainty.review_order(plain, [2])[0][0] == 0
+    after = napari_unet.predict(volume, tiny_model, uncertainty=True, corrections=(truth, trusted))
+    assert napari_unet.core.uncertainty.review_order(after.slice_uncertainty, [2])[0][0] == 4

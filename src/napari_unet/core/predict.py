@@ -25,7 +25,7 @@ from .model import fuse_batchnorm
 from .normalize import normalize_slice
 from .postprocess import GROW_PROBABILITY, grow_candidates, keep_connected
 from .tiling import auto_zoom, blend_weights, tile_grid, tile_size_for
-from .uncertainty import normalized_entropy, slice_score
+from .uncertainty import near_lesion_scores, normalized_entropy, slice_score
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ class Prediction:
     #: per-pixel normalised entropy (float32, the labels' shape), with ``uncertainty=True``
     uncertainty: np.ndarray | None = None
     #: per-slice review score (Z,) for a stack, (1,) for a 2D image, with ``uncertainty=True``:
-    #: mean entropy weighted by the foreground probability (:func:`~.uncertainty.slice_score`)
+    #: mean entropy weighted by the foreground probability (:func:`~.uncertainty.slice_score`);
+    #: with ``corrections``/``seeds`` in a stack, the doubt near the corrected lesions
+    #: ranks first (:func:`~.uncertainty.near_lesion_scores`)
     slice_uncertainty: np.ndarray | None = None
     #: the zoom the planes were predicted at (``zoom=None`` resolves to :func:`~.tiling.auto_zoom`)
     zoom: float = 1.0
@@ -366,6 +368,10 @@ def predict_iter(
     candidates = None
     if seeds and volume and isinstance(labels, np.ndarray) and options.grow < 0.5:
         candidates = np.zeros(spatial, np.uint8)
+    # doubt (uncertainty x foreground, 0..255) per voxel, to rank the slices near the corrected lesions first
+    doubt = None
+    if want_uncertainty and seeds and volume and isinstance(labels, np.ndarray):
+        doubt = np.zeros(spatial, np.uint8)
 
     def planes() -> Iterator[np.ndarray]:
         for z in range(num_planes):
@@ -384,6 +390,8 @@ def predict_iter(
         if want_uncertainty:
             plane_entropy = normalized_entropy(probs)
             scores[index] = slice_score(plane_entropy, 1.0 - probs[0])  # class 0 is background
+            if doubt is not None:
+                doubt[index] = np.rint(255.0 * plane_entropy * np.clip(1.0 - probs[0], 0.0, 1.0))
             if volume:
                 uncertainty[index] = plane_entropy
             else:
@@ -404,6 +412,12 @@ def predict_iter(
             runner.notes.append("regions were not matched with the corrections: the output is not a NumPy array")
         else:
             removed = keep_connected(labels, seeds, candidates)
+            if doubt is not None:
+                focus = np.zeros(spatial, bool)
+                for class_id, seed in seeds.items():
+                    if class_id != 0:
+                        focus |= (labels == class_id) | np.asarray(seed, dtype=bool)
+                scores = near_lesion_scores(doubt, focus, scores)
     return Prediction(
         labels=labels,
         probabilities=probabilities,
