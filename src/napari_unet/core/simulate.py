@@ -374,8 +374,11 @@ def _mri_background(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[n
             t = t0 + side * 0.35
             c = (center[0] + 0.8 * axes[0] * math.sin(t), center[1] + 0.8 * axes[1] * math.cos(t))
             orbit, box, orho = _blob_mask(rng, shape, c, 0.09 * s * zoom, 0.3, 1.3, t)
-            image[box][orbit] = fat * rng.uniform(0.8, 1.0)
-            image[box][orho < 0.55] = csf * rng.uniform(0.6, 1.0)
+            fat_level, globe_level = fat * rng.uniform(0.8, 1.0), csf * rng.uniform(0.6, 1.0)
+            if not orbit.size:  # centred outside the field
+                continue
+            image[box][orbit] = fat_level
+            image[box][orho < 0.55] = globe_level
             body[box] |= orbit
     image[~body] = 0.0
     return image, body
