@@ -216,3 +216,14 @@ def test_mri_lesions_are_mostly_enhancing_and_ct_keeps_both_signs():
 
     assert brighter_share("mri") > 0.6
     assert 0.2 < brighter_share("ct") < 0.9
+
+
+@pytest.mark.parametrize("center", [(-40.0, 10.0), (10.0, -40.0), (200.0, 10.0), (10.0, 300.0)])
+def test_a_blob_centred_outside_the_field_has_an_empty_box(center):
+    """An orbit drawn off a zoomed-in MRI crop once got the box slice(0, -5):
+    nearly the whole image, paired with an empty mask (ValueError mid-training)."""
+    from napari_unet.core.simulate import _blob_mask
+
+    mask, box, rho = _blob_mask(np.random.default_rng(0), (120, 90), center, 5.0, 0.3)
+    image = np.zeros((120, 90))
+    assert mask.size == 0 and image[box].size == 0

@@ -174,8 +174,10 @@ def _blob_mask(
     """An irregular star-shaped blob: returns (mask, box, normalised radius map) in a bounding box."""
     cy, cx = center
     reach = radius * max(elongation, 1.0) * (1.0 + 1.6 * irregularity) + 3
-    y0, y1 = max(0, int(cy - reach)), min(shape[0], int(cy + reach) + 1)
-    x0, x1 = max(0, int(cx - reach)), min(shape[1], int(cx + reach) + 1)
+    # clamped both ways: a blob centred far outside the field gets an empty box
+    # (an unclamped negative end would slice nearly the whole image)
+    y0, y1 = min(max(0, int(cy - reach)), shape[0]), max(0, min(shape[0], int(cy + reach) + 1))
+    x0, x1 = min(max(0, int(cx - reach)), shape[1]), max(0, min(shape[1], int(cx + reach) + 1))
     box = (slice(y0, y1), slice(x0, x1))
     if y1 <= y0 or x1 <= x0:
         return np.zeros((0, 0), bool), box, np.zeros((0, 0), np.float32)
