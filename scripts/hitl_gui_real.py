@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--case", default="lung2")
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real-tumours")
+    parser.add_argument("--no-headless", dest="headless", action="store_false",
+                        help="skip the headless round (only the GUI round and its review list)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "finetune-real-round.png")
     args = parser.parse_args()
     models = (ROOT / ".cache" / "gui-real-models").resolve()
@@ -84,6 +86,8 @@ def main() -> None:
     gui_wall = time.perf_counter() - start
     print("fine-tune:", tune.status.value)
     print("summary:", tune.summary.value)
+    listed = tune.review_next.list
+    print("review next:", [listed.item(i).text() for i in range(listed.count())])
     after = np.asarray(result.data)
     gui_dice = dice(after[median:], truth[median:])
     newest = max(models.rglob("config.json"), key=lambda p: p.stat().st_mtime)
@@ -97,6 +101,8 @@ def main() -> None:
     image = np.asarray(image_layer.data)
     trusted_labels = np.asarray(result.data).astype(np.int64)
     viewer.close()
+    if not args.headless:
+        return
 
     headless = finetune(image, trusted_labels, mask, None, device="cpu", return_result=True)
     rate_gui = gui["steps"] / gui["seconds"]
