@@ -389,9 +389,10 @@ def predict_iter(
         plane_labels = probs.argmax(axis=0).astype(np.uint8)
         if want_uncertainty:
             plane_entropy = normalized_entropy(probs)
-            scores[index] = slice_score(plane_entropy, 1.0 - probs[0])  # class 0 is background
+            weighted = plane_entropy * np.clip(1.0 - probs[0], 0.0, 1.0)  # class 0 is background
+            scores[index] = slice_score(weighted)
             if doubt is not None:
-                doubt[index] = np.rint(255.0 * plane_entropy * np.clip(1.0 - probs[0], 0.0, 1.0))
+                doubt[index] = np.rint(255.0 * weighted)
             if volume:
                 uncertainty[index] = plane_entropy
             else:

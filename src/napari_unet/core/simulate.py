@@ -475,11 +475,12 @@ def _ct_background(
     # muscle groups: the wall split by fat planes, thick back (paraspinal)
     # muscles behind the spine, psoas beside it in the abdomen, pectoral
     # muscles in front of the chest; all soft tissue in fat, none a lesion
-    gy_, gx_ = _grid(shape)
-    theta = np.arctan2((gy_ - cy) / ay, (gx_ - cx) / ax)
+    yy, xx = _grid(shape)
+    theta = np.arctan2((yy - cy) / ay, (xx - cx) / ax)
     for _ in range(int(rng.integers(0, 6))):
         t, width = rng.uniform(-np.pi, np.pi), rng.uniform(0.01, 0.05)
-        plane = muscle_wall & (np.abs(np.angle(np.exp(1j * (theta - t)))) < width)
+        off = np.abs((theta - t + np.pi) % (2 * np.pi) - np.pi)  # angle to the plane, wrapped to [0, pi]
+        plane = muscle_wall & (off < width)
         image[plane] = hu["fat"] + 10.0
     groups = [(spine_c[0] + 0.1 * ay, spine_c[1] + side * 0.17 * ax, 0.14 * ay, 1.6, 0.0) for side in (-1, 1)]
     if lung.any():

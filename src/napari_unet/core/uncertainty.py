@@ -108,8 +108,5 @@ def near_lesion_scores(
     near = ndimage.maximum_filter(focus.view(np.uint8), size=(2 * z_reach + 1, 2 * reach + 1, 2 * reach + 1)) > 0
     scale = 255.0 if np.asarray(doubt).dtype == np.uint8 else 1.0
     plane_size = float(focus.shape[1] * focus.shape[2])
-    scores = np.empty(len(plain), np.float64)
-    for z in range(len(plain)):
-        d = np.asarray(doubt[z])
-        scores[z] = float(d[near[z]].sum(dtype=np.float64)) / scale / plane_size if near[z].any() else 0.0
-    return scores + PLAIN_WEIGHT * plain
+    scores = np.array([np.asarray(doubt[z])[near[z]].sum(dtype=np.float64) for z in range(len(plain))])
+    return scores / scale / plane_size + PLAIN_WEIGHT * plain
