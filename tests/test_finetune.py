@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numpy as np
 import pytest
 import torch
@@ -351,3 +352,30 @@ def test_corrections_fit_scores_the_training_pixels_only():
     half[8:16, 8:12] = 1  # half the lesion: Dice 2*32/(32+64)
     assert corrections_fit(_Oracle(half), [entry], [1]) == pytest.approx(2 / 3)
     assert corrections_fit(_Oracle(np.zeros_like(labels)), [entry], [2]) is None  # nobody marks or predicts it
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_the_schedule_option_reaches_the_training_loop(small_model, schedule):
+    from napari_unet.core.finetune import finetune_iter
+
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[20:40, 20:40] = 1
+    image[labels == 1] += 600
+    options = FinetuneOptions(**{**FAST.__dict__, "schedule": schedule, "val_fraction": 0.0})
+    iterator = finetune_iter(image, labels, None, small_model, steps=12, device="cpu", options=options)
+    rates = []
+    with contextlib.suppress(StopIteration):
+        while True:
+            rates.append(next(iterator).lr)
+    after_warmup = rates[FAST.warmup_steps :]
+    assert len(rates) == 12
+    if schedule == "constant":
+        assert after_warmup == pytest.approx([FAST.lr] * len(after_warmup))
+    else:
+        assert after_warmup[-1] < 0.5 * after_warmup[0]
+
+
+def test_an_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule must be"):
+        FinetuneOptions(schedule="step")

@@ -162,6 +162,32 @@ def test_cpu_precision_follows_native_bf16(monkeypatch):
     assert resolve_precision("auto", torch.device("cpu")) == torch.float32
 
 
+def test_native_bf16_is_read_from_torch_cpu(monkeypatch):
+    """torch 2.13 keeps the probes under ``torch.cpu`` (not ``torch._C._cpu``,
+    which 0.7 asked, so an AVX512-BF16 CPU ran in float32)."""
+    from napari_unet.core import device
+
+    detect = device.cpu_has_native_bf16.__wrapped__
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(device, "_cpuinfo_has_bf16", lambda: pytest.fail("torch answered; no need to read flags"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert detect() is True
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert detect() is False
+
+
+def test_native_bf16_falls_back_to_the_cpu_flags(tmp_path):
+    from napari_unet.core.device import _cpuinfo_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 sha_ni\n")
+    assert _cpuinfo_has_bf16(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not _cpuinfo_has_bf16(str(info))
+    assert not _cpuinfo_has_bf16(str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize("zoom", [0.5, 1.7])
 def test_zoom_returns_labels_at_the_image_size(tiny_model, zoom):
     stack = np.random.default_rng(0).random((2, 45, 37)).astype(np.float32)

@@ -43,15 +43,34 @@ def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX).
 
     Without it oneDNN emulates bfloat16 and is slower than float32, so the
-    ``auto`` precision stays in float32 there.
+    ``auto`` precision stays in float32 there. Asked of torch
+    (``torch.cpu._is_avx512_bf16_supported``, where torch 2.x keeps it; older
+    releases had it under ``torch._C._cpu``), then of the kernel's CPU flags.
+    Until 0.7 only ``torch._C._cpu`` was asked, which torch 2.13 no longer has,
+    so a CPU with AVX512-BF16 ran in float32 at half the speed.
     """
     capability = ""
     with contextlib.suppress(Exception):
         capability = torch.backends.cpu.get_cpu_capability()
     if "BF16" in capability.upper() or "AMX" in capability.upper():
         return True
-    with contextlib.suppress(Exception):
-        return bool(torch._C._cpu._is_amx_tile_supported() or torch._C._cpu._is_avx512_bf16_supported())
+    for module in (getattr(torch, "cpu", None), getattr(torch._C, "_cpu", None)):
+        probes = [getattr(module, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        probes = [probe for probe in probes if callable(probe)]
+        if probes:
+            with contextlib.suppress(Exception):
+                return any(bool(probe()) for probe in probes)
+    return _cpuinfo_has_bf16()
+
+
+def _cpuinfo_has_bf16(path: str = "/proc/cpuinfo") -> bool:
+    """Whether Linux lists ``avx512_bf16`` or ``amx_bf16`` among the CPU flags."""
+    with contextlib.suppress(OSError):
+        with open(path, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
     return False
 
 

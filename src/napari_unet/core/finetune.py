@@ -114,8 +114,13 @@ class FinetuneOptions:
     #: 60 s rounds) "best" returned near-base weights whenever the blocks' Dice
     #: was a noisy 0.02-0.1, and rounds ended at 0 on a small lesion
     keep: str = "last"
+    #: learning-rate schedule after the warm-up: ``cosine`` (decays to 5 % over
+    #: the budget) or ``constant``
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.keep not in ("auto", "best", "last"):
             raise ValueError(f"keep must be 'auto', 'best' or 'last', got {self.keep!r}")
         if not 0.0 <= self.val_fraction < 0.9:
@@ -838,6 +843,7 @@ def finetune_iter(
         lr=options.lr,
         weight_decay=options.weight_decay,
         warmup_steps=options.warmup_steps,
+        schedule=options.schedule,
         val_every=options.val_every,
         # an explicit step count is a promise: no early stop
         patience=patience if validation and steps is None else None,
