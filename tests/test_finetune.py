@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -379,3 +380,15 @@ def test_the_schedule_option_reaches_the_training_loop(small_model, schedule):
 def test_an_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="schedule must be"):
         FinetuneOptions(schedule="step")
+
+
+@pytest.mark.parametrize("widen_to, expected", [(16, 16), (None, 8), (4, 8)])
+def test_a_round_widens_a_narrow_model_and_still_learns(small_model, widen_to, expected):
+    """The round trains a widened copy (``widen_to``; never narrower than the model)."""
+    image, labels = disc_scene(0)
+    options = FinetuneOptions(**{**FAST.__dict__, "widen_to": widen_to})
+    before = _dice(small_model, image, labels)
+    tuned = finetune(image, labels, None, small_model, steps=40, device="cpu", options=options)
+    assert small_model.config.architecture.base_channels == 8  # the input model is left alone
+    assert tuned.config.architecture.base_channels == expected
+    assert _dice(tuned, image, labels) > before + 0.1

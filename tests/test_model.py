@@ -97,3 +97,38 @@ def test_flop_count_matches_direct_count():
             hooks.append(m.register_forward_hook(count))
     net(torch.zeros(1, 1, 32, 32))
     assert conv_flops(config, 32, 32) == pytest.approx(2 * macs, rel=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_widen_keeps_the_function_and_widens_every_level(norm):
+    from napari_unet.core.model import widen
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(depth=2, base_channels=4, norm=norm))
+    net.train()
+    for _ in range(3):  # non-trivial batch-norm statistics and affine terms
+        net(torch.randn(4, 1, 32, 32) * 2 + 1)
+    for p in net.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    net.eval()
+    wide = widen(net, 10).eval()
+    assert wide.config.widths() == [10, 20, 40] and wide.config.norm == norm
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), net(x), atol=1e-5, rtol=1e-4)
+    # the new channels are live: their incoming weights are not all zero, and
+    # one training step changes the output
+    assert wide.encoder.blocks[0][0].weight[4:].abs().sum() > 0
+    wide.train()
+    loss = torch.nn.functional.cross_entropy(wide(x), torch.randint(0, 3, (2, 32, 32)))
+    loss.backward()
+    assert wide.head.weight.grad[:, 4:].abs().sum() > 0
+
+
+def test_widen_refuses_a_narrower_target_and_group_norm():
+    from napari_unet.core.model import widen
+
+    with pytest.raises(ValueError, match="narrow"):
+        widen(UNet(UNetConfig(depth=2, base_channels=8)), 4)
+    with pytest.raises(ValueError, match="group-norm"):
+        widen(UNet(UNetConfig(depth=2, base_channels=8, norm="group")), 16)

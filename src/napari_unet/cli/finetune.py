@@ -49,6 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split, crops and augmentation")
     p.add_argument("--add-classes", action="store_true",
                    help="add output classes when LABELS uses ids beyond the model's classes")
+    p.add_argument("--width", type=int, default=None, metavar="C",
+                   help="channels at full resolution of the fine-tuned network: a narrower model is widened "
+                        "first, keeping what it learned (default: 32; 0 keeps the model's width)")
     p.add_argument("--overwrite", action="store_true", help="replace MODEL_DIR if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
@@ -66,7 +69,7 @@ def _spatial(scan, what: str, path: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_unet.core.finetune import finetune_iter
+    from napari_unet.core.finetune import FinetuneOptions, finetune_iter
     from napari_unet.core.predict import run_to_end
     from napari_unet.core.weights import ModelError, is_bundled_path, save_model
 
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--steps must be at least 1, got {args.steps}")
     if args.max_seconds is not None and not (args.max_seconds > 0 and math.isfinite(args.max_seconds)):
         raise CLIError(f"--max-seconds must be a positive number, got {args.max_seconds}")
+    if args.width is not None and not 0 <= args.width <= 512:
+        raise CLIError(f"--width must be between 0 and 512 channels, got {args.width}")
     check_device(args.device)
 
     image = read_image(args.image)
@@ -120,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         add_classes=args.add_classes,
+        options=None if args.width is None else FinetuneOptions(widen_to=args.width or None),
     )
+
     def show(event) -> None:
         extra = f"loss {event.loss:.3f}"
         if event.best_val_dice is not None:

@@ -198,3 +198,75 @@ def to_instance_norm(net: UNet) -> UNet:
     if missing or unexpected:  # pragma: no cover - the two layouts are the same by construction
         raise RuntimeError(f"norm conversion mismatch: missing {missing}, unexpected {unexpected}")
     return new.to(next(net.parameters()).device)
+
+
+def widen(net: UNet, base_channels: int, seed: int = 0) -> UNet:
+    """A copy of ``net`` with ``base_channels`` at full resolution (every level
+    at least as wide as before) that computes exactly the same function.
+
+    The learned channels keep their weights; every new channel gets fresh
+    random incoming weights (the layer's default initialisation, seeded) and
+    zero outgoing weights, so the output does not change until training moves
+    them (as Net2Net's function-preserving widening, with fresh features in
+    place of copies). A wider network learns more per step from a few
+    corrections; the learned channels carry the bundled model's prior.
+    """
+    from dataclasses import replace
+
+    if net.config.norm == "group":
+        raise ValueError("a group-norm U-Net cannot be widened exactly (its groups would change)")
+    old_widths = net.config.widths()
+    config = replace(net.config, base_channels=base_channels, max_channels=max(net.config.max_channels,
+                                                                               base_channels))
+    new_widths = config.widths()
+    if any(n < o for n, o in zip(new_widths, old_widths)):
+        raise ValueError(f"widening to {new_widths} would narrow a level of {old_widths}")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        wide = UNet(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    old_modules, new_modules = dict(net.named_modules()), dict(wide.named_modules())
+
+    def copy_conv(name: str, inputs: list[int], outputs: int, transposed: bool = False) -> None:
+        """Old weights into the first ``outputs`` channels, read from input
+        channels ``inputs``; weights from any other input channel set to 0."""
+        old, new = old_modules[name], new_modules[name]
+        weight_new = new.weight.transpose(0, 1) if transposed else new.weight  # (out, in, kh, kw)
+        weight_old = old.weight.transpose(0, 1) if transposed else old.weight
+        others = torch.ones(weight_new.shape[1], dtype=torch.bool)
+        others[inputs] = False
+        weight_new[:, others] = 0.0
+        weight_new[:outputs, inputs] = weight_old
+        if old.bias is not None:
+            new.bias[:outputs] = old.bias
+
+    def copy_norm(name: str, channels: int) -> None:
+        old, new = old_modules[name], new_modules[name]
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(old, attr, None) is not None and getattr(new, attr, None) is not None:
+                getattr(new, attr)[:channels] = getattr(old, attr)
+
+    def copy_block(prefix: str, inputs: list[int], channels: int) -> None:
+        copy_conv(f"{prefix}.0", inputs, channels)
+        copy_conv(f"{prefix}.3", list(range(channels)), channels)
+        if net.config.norm != "none":
+            copy_norm(f"{prefix}.1", channels)
+            copy_norm(f"{prefix}.4", channels)
+
+    with torch.no_grad():
+        inputs = list(range(net.config.in_channels))
+        for level, channels in enumerate(old_widths):
+            copy_block(f"encoder.blocks.{level}", inputs, channels)
+            inputs = list(range(channels))
+        for i, level in enumerate(reversed(range(net.config.depth))):
+            channels = old_widths[level]
+            copy_conv(f"decoder.ups.{i}", inputs, channels, transposed=True)
+            # the block reads [up-convolved (new width) | skip (new width)]
+            both = list(range(channels)) + [new_widths[level] + c for c in range(channels)]
+            copy_block(f"decoder.blocks.{i}", both, channels)
+            inputs = list(range(channels))
+        copy_conv("head", inputs, net.config.num_classes)
+    wide.train(net.training)
+    return wide.to(next(net.parameters()).device)
