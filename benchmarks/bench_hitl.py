@@ -108,6 +108,11 @@ def held_out_dice(model, images: np.ndarray, labels: np.ndarray) -> dict[str, fl
     return out
 
 
+def _width(args: argparse.Namespace) -> int | str | None:
+    """``--width``: the library's rule ("auto") unless given; 0 keeps the width."""
+    return "auto" if args.width is None else (args.width or None)
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -145,12 +150,12 @@ def run(args: argparse.Namespace) -> dict:
         volume, truth = train_images[:k], train_labels[:k]
         start = time.perf_counter()
         tuned = finetune(volume, truth, None, base, max_seconds=args.seconds, device="cpu", seed=args.seed,
-                         options=FinetuneOptions(widen_to=args.width or None), return_result=True)
+                         options=FinetuneOptions(widen_to=_width(args)), return_result=True)
         seconds = time.perf_counter() - start
         tuned_dice = held_out_dice(tuned.model, test_images, test_labels)
 
         scratch_start = new_model(base.config.replace(provenance={}), seed=args.seed)
-        scratch_options = FinetuneOptions(lr=2e-3, norm_eval=False, patience=None, widen_to=args.width or None)
+        scratch_options = FinetuneOptions(lr=2e-3, norm_eval=False, patience=None, widen_to=_width(args))
         # same wall-clock budget as the fine-tuning run (which may also stop early)
         scratch = finetune(volume, truth, None, scratch_start, max_seconds=args.seconds, device="cpu",
                            seed=args.seed, options=scratch_options, return_result=True)
@@ -258,8 +263,6 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_unet.core.finetune import FinetuneOptions
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--style", choices=sorted(STYLES), default="gravel-thick")
@@ -268,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=None, help="fine-tuning budget (default: the library's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=FinetuneOptions().widen_to, metavar="C",
+    parser.add_argument("--width", type=int, default=None, metavar="C",
                         help="widen the network a round trains to C channels (default: the library's; 0: no)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "hitl_curve.png")

@@ -53,6 +53,11 @@ def test_finetune_writes_a_usable_model(files, tiny_model_dir, tmp_path, capsys)
     assert (out / "weights.safetensors").read_bytes() == before
     assert main([*argv, "--overwrite", "--seed", "2"]) == 0
     assert load_model(out).config.provenance["seed"] == 2
+    # --width widens the tiny (4-channel) base; --width 0 keeps its width
+    assert main([*argv, "--overwrite", "--width", "8"]) == 0
+    assert load_model(out).config.architecture.base_channels == 8
+    assert main([*argv, "--overwrite", "--width", "0"]) == 0
+    assert load_model(out).config.architecture.base_channels == 4
 
 
 @pytest.mark.parametrize(
@@ -63,6 +68,7 @@ def test_finetune_writes_a_usable_model(files, tiny_model_dir, tmp_path, capsys)
         ("empty-mask", "no pixel"),
         ("steps", "--steps"),
         ("missing", "no such file"),
+        ("width", "--width"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(files, tiny_model_dir, tmp_path, capsys, change, message):
@@ -83,6 +89,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(files, tiny_model_dir, tmp
         image = tmp_path / "nope.tif"
     argv = ["finetune", str(image), str(labels), "-o", str(out), "--mask", str(mask),
             "--model", str(tiny_model_dir), "--steps", steps, "--device", "cpu"]
+    if change == "width":
+        argv += ["--width", "-3"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

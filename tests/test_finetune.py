@@ -392,3 +392,16 @@ def test_a_round_widens_a_narrow_model_and_still_learns(small_model, widen_to, e
     assert small_model.config.architecture.base_channels == 8  # the input model is left alone
     assert tuned.config.architecture.base_channels == expected
     assert _dice(tuned, image, labels) > before + 0.1
+
+
+def test_auto_width_follows_the_round_precision():
+    from napari_unet.core.finetune import AUTO_WIDTH, _round_width
+
+    cpu = torch.device("cpu")
+    assert _round_width(FinetuneOptions(precision="bfloat16"), cpu) == AUTO_WIDTH
+    assert _round_width(FinetuneOptions(precision="float32"), cpu) is None
+    assert _round_width(FinetuneOptions(precision="float32", widen_to=24), cpu) == 24
+    assert _round_width(FinetuneOptions(precision="bfloat16", widen_to=None), cpu) is None
+    for bad in (0, 1000, "wide", True):
+        with pytest.raises(ValueError, match="widen_to"):
+            FinetuneOptions(widen_to=bad)

@@ -51,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="add output classes when LABELS uses ids beyond the model's classes")
     p.add_argument("--width", type=int, default=None, metavar="C",
                    help="channels at full resolution of the fine-tuned network: a narrower model is widened "
-                        "first, keeping what it learned (default: 32; 0 keeps the model's width)")
+                        "first, keeping what it learned (default: 32 where the round runs in bfloat16/float16, "
+                        "else the model's width; 0 keeps the model's width)")
     p.add_argument("--overwrite", action="store_true", help="replace MODEL_DIR if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=run)
