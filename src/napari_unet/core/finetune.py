@@ -46,7 +46,7 @@ import torch
 
 from .augment import AugmentConfig, augment_sample
 from .config import ClassInfo
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .model import to_instance_norm, widen
 from .normalize import intensity_ranges, normalize_slice
 from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
@@ -155,8 +155,6 @@ def _round_width(options: FinetuneOptions, device: torch.device) -> int | None:
     """The width a round trains at (``None``: the model's own)."""
     if options.widen_to != "auto":
         return options.widen_to
-    from .device import resolve_precision
-
     return AUTO_WIDTH if resolve_precision(options.precision, device) != torch.float32 else None
 
 
