@@ -442,6 +442,21 @@ def strategy_curve(even: list[dict], suggested: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _options(fields: dict) -> dict:
+    """``--options`` fields for :class:`FinetuneOptions`; ``"augment"`` is a dict of
+    :class:`AugmentConfig` fields changed from the fine-tuning default
+    (:meth:`AugmentConfig.light`), e.g. ``{"augment": {"scale_prob": 0.5}}``."""
+    import dataclasses
+
+    from napari_unet.core.augment import AugmentConfig
+
+    fields = dict(fields)
+    if "augment" in fields:
+        changes = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(fields["augment"]).items()}
+        fields["augment"] = dataclasses.replace(AugmentConfig.light(), **changes)
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of NAME_image/NAME_label.nii.gz")
@@ -451,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model to start from (default: the bundled model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--options", default="{}", metavar="JSON",
-                        help='FinetuneOptions fields to change, e.g. \'{"keep": "last", "patience": null}\'')
+                        help='FinetuneOptions fields to change, e.g. \'{"keep": "last", "patience": null}\' '
+                             '(augment: a dict of AugmentConfig fields changed from the light preset)')
     parser.add_argument("--no-scratch", dest="scratch", action="store_false", help="skip the MONAI anchor")
     parser.add_argument("--grow", type=float, default=None, metavar="P",
                         help="the clean-up's widening threshold (default: the product's; 0.5: argmax labels only)")
@@ -482,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_unet.core.finetune import FinetuneOptions
 
     try:
-        args.finetune_options = FinetuneOptions(**json.loads(args.options))
+        args.finetune_options = FinetuneOptions(**_options(json.loads(args.options)))
     except (ValueError, TypeError) as exc:
         print(f"--options: {exc}", file=sys.stderr)
         return 2
