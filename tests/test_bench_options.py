@@ -1,0 +1,39 @@
+"""The real-scan benchmark's ``--options`` parsing (an ``augment`` dict over the light preset)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from napari_unet.core.augment import AugmentConfig
+from napari_unet.core.finetune import FinetuneOptions
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hitl_real.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_hitl_real", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_augment_dict_changes_only_named_fields(bench):
+    options = FinetuneOptions(**bench._options({"augment": {"scale_prob": 0.5, "scale_range": [0.7, 1.4]},
+                                                "lr": 5e-4}))
+    light = AugmentConfig.light()
+    assert options.augment.scale_prob == 0.5
+    assert options.augment.scale_range == (0.7, 1.4)
+    assert options.augment.elastic_prob == light.elastic_prob
+    assert options.lr == 5e-4
+
+
+def test_bad_augment_value_is_a_value_error(bench):
+    with pytest.raises(ValueError, match="scale_prob"):
+        bench._options({"augment": {"scale_prob": 2.0}})
+
+
+def test_main_reports_bad_options_without_traceback(bench, tmp_path, capsys):
+    assert bench.main(["--data", str(tmp_path), "--options", '{"augment": {"scale_prob": 2}}']) == 2
+    assert "--options" in capsys.readouterr().err
