@@ -405,3 +405,34 @@ def test_auto_width_follows_the_round_precision():
     for bad in (0, 1000, "wide", True):
         with pytest.raises(ValueError, match="widen_to"):
             FinetuneOptions(widen_to=bad)
+
+
+def test_round_predicts_only_around_a_partial_correction(monkeypatch):
+    """A small patch corrected on a large plane is predicted as a crop with
+    context (the whole plane cost most of a widened round's budget); a whole
+    corrected slice is still predicted whole."""
+    import torch
+
+    from napari_unet.core import finetune as ft
+
+    shapes = []
+    real = ft._predict_plane
+
+    def spy(net, plane, device):
+        shapes.append(plane.shape[1:])
+        return real(net, plane, device)
+
+    monkeypatch.setattr(ft, "_predict_plane", spy)
+    net = torch.nn.Conv2d(1, 3, 1)
+    net.eval()
+    plane = np.random.default_rng(0).normal(size=(1, 400, 300)).astype(np.float32)
+    where = np.zeros((400, 300), bool)
+    where[100:120, 200:230] = True
+    pred = ft._predict_around(net, plane, where, "cpu", margin=16)
+    assert shapes[-1] == (20 + 32, 30 + 32)
+    assert (pred[where] >= 0).all() and (pred[:50] == -1).all()
+    full = real(net, plane, "cpu")
+    assert (pred[where] == full[where]).all()  # a 1x1 net: context does not matter
+    pred_all = ft._predict_around(net, plane, np.ones((400, 300), bool), "cpu")
+    assert shapes[-1] == (400, 300) and (pred_all == full).all()
+    assert (ft._predict_around(net, plane, np.zeros((400, 300), bool), "cpu") == -1).all()

@@ -574,7 +574,7 @@ class CorrectionSampler:
             with torch.inference_mode():
                 for index in chosen:
                     entry = self.entries[index]
-                    pred = _predict_plane(net, entry.plane, device)
+                    pred = _predict_around(net, entry.plane, entry.train_mask > 0, device)
                     wrong = np.flatnonzero(pred[tuple(entry.train_coords.T)] != entry.labels[tuple(entry.train_coords.T)])
                     coords[index] = wrong
         finally:
@@ -630,6 +630,29 @@ def _predict_plane(net: torch.nn.Module, plane: np.ndarray, device: Any) -> np.n
     return logits[0, :, :h, :w].argmax(0).cpu().numpy()
 
 
+#: pixels of context kept around the trusted pixels when a round predicts a
+#: corrected plane for itself (errors to sample, the fit before/after)
+CONTEXT_MARGIN = 64
+
+
+def _predict_around(net: torch.nn.Module, plane: np.ndarray, where: np.ndarray, device: Any,
+                    margin: int = CONTEXT_MARGIN) -> np.ndarray:
+    """Argmax class of the pixels in the bounding box of ``where`` (with
+    ``margin`` pixels of context), -1 elsewhere. A 200-px patch corrected on a
+    1411-px photo is predicted as a 328-px crop, not the whole photo (which
+    took most of a widened round's budget); a whole corrected slice is
+    predicted whole, as before."""
+    pred = np.full(where.shape, -1, np.int64)
+    ys, xs = np.nonzero(where)
+    if ys.size == 0:
+        return pred
+    h, w = where.shape
+    y0, y1 = max(0, int(ys.min()) - margin), min(h, int(ys.max()) + 1 + margin)
+    x0, x1 = max(0, int(xs.min()) - margin), min(w, int(xs.max()) + 1 + margin)
+    pred[y0:y1, x0:x1] = _predict_plane(net, plane[:, y0:y1, x0:x1], device)
+    return pred
+
+
 def corrections_fit(net: torch.nn.Module, entries: list[Correction], classes: list[int]) -> float | None:
     """Mean Dice of ``classes`` on the corrections' *training* pixels: how well
     ``net`` reproduces what the user marked on the slices the round learned
@@ -644,7 +667,7 @@ def corrections_fit(net: torch.nn.Module, entries: list[Correction], classes: li
         with torch.inference_mode():
             for entry in entries:
                 trained = entry.train_mask > 0
-                pred, truth = _predict_plane(net, entry.plane, device)[trained], entry.labels[trained]
+                pred, truth = _predict_around(net, entry.plane, trained, device)[trained], entry.labels[trained]
                 for c in classes:
                     overlap[c] += int(np.count_nonzero((pred == c) & (truth == c)))
                     sizes[c] += int(np.count_nonzero(pred == c) + np.count_nonzero(truth == c))
