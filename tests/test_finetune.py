@@ -411,8 +411,6 @@ def test_round_predicts_only_around_a_partial_correction(monkeypatch):
     """A small patch corrected on a large plane is predicted as a crop with
     context (the whole plane cost most of a widened round's budget); a whole
     corrected slice is still predicted whole."""
-    import torch
-
     from napari_unet.core import finetune as ft
 
     shapes = []
