@@ -263,6 +263,32 @@ def test_keep_must_be_a_known_rule():
         FinetuneOptions(keep="newest")
 
 
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), 1e6])
+def test_foreground_weight_must_be_a_sane_positive_number(weight):
+    with pytest.raises(ValueError, match="foreground_weight"):
+        FinetuneOptions(foreground_weight=weight)
+
+
+def test_foreground_weight_reaches_the_training_loss(small_model, monkeypatch):
+    import napari_unet.core.finetune as ft
+
+    seen = {}
+
+    def capture(model, sampler, validation, options, stop=None):
+        seen["class_weight"] = options.class_weight
+        return (yield from real(model, sampler, validation, options, stop=stop))
+
+    real = ft.train_iter
+    monkeypatch.setattr(ft, "train_iter", capture)
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[20:30, 20:30] = 1
+    options = FinetuneOptions(**{**FAST.__dict__, "foreground_weight": 4.0})
+    finetune(image, labels, None, small_model, steps=2, device="cpu", options=options)
+    classes = small_model.config.architecture.num_classes
+    assert seen["class_weight"] == (1.0,) + (4.0,) * (classes - 1)
+
+
 @pytest.mark.parametrize("lesion", [3, 40])
 def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_model, lesion):
     image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)

@@ -102,3 +102,26 @@ def test_metrics_by_hand():
     assert score_from_confusion(confusion_matrix(np.zeros((2, 2)), np.zeros((2, 2)), 3)) == 1.0
     with pytest.raises(ValueError, match="class ids"):
         confusion_matrix(pred, target, 2)
+
+
+def test_class_weight_is_a_weighted_mean_of_the_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, requires_grad=True)
+    target = torch.randint(0, 3, (2, 6, 6))
+    mask = torch.rand(2, 6, 6) > 0.3
+    plain = masked_ce_dice_loss(logits, target, mask, dice_weight=0)
+    ones = masked_ce_dice_loss(logits, target, mask, dice_weight=0, class_weight=torch.ones(3))
+    torch.testing.assert_close(ones, plain)
+    weights = torch.tensor([1.0, 5.0, 5.0])
+    weighted = masked_ce_dice_loss(logits, target, mask, dice_weight=0, class_weight=weights)
+    pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    w = weights[target] * mask
+    torch.testing.assert_close(weighted, (pixel * w).sum() / w.sum())
+    # foreground pixels now pull harder on the gradient than background ones
+    (grad_plain,) = torch.autograd.grad(plain, logits)
+    (grad_weighted,) = torch.autograd.grad(weighted, logits)
+    fg = (target > 0) & mask
+    bg = (target == 0) & mask
+    ratio_fg = grad_weighted.abs().sum(1)[fg].mean() / grad_plain.abs().sum(1)[fg].mean()
+    ratio_bg = grad_weighted.abs().sum(1)[bg].mean() / grad_plain.abs().sum(1)[bg].mean()
+    assert ratio_fg > 3 * ratio_bg

@@ -141,24 +141,80 @@ def test_near_lesion_scores_rank_doubt_next_to_the_corrected_lesion_first():
     np.testing.assert_array_equal(near_lesion_scores(doubt, np.zeros_like(focus), plain), plain)
 
 
+def _disc_stack(slices: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    volume = np.zeros((slices, 48, 48), np.float32)
+    volume[:, 47, 47] = 1.0  # the same brightest value in every plane (the ramp is per plane)
+    yy, xx = np.mgrid[:48, :48]
+    return volume, (yy - 24) ** 2 + (xx - 24) ** 2 <= 36
+
+
 def test_predict_after_corrections_lists_the_lesions_neighbour_first(ramp_network, tiny_model):
     """The predictor's review scores after a correction: the faint continuation
     of the corrected lesion (slice 4) comes before a larger faint patch far
-    from it (slice 0), which plain scores rank first."""
+    from it (slice 7), which plain scores rank first."""
     import napari_unet
 
-    volume = np.zeros((6, 48, 48), np.float32)
-    volume[:, 47, 47] = 1.0  # the same brightest value in every plane (the ramp is per plane)
-    yy, xx = np.mgrid[:48, :48]
-    disc = (yy - 24) ** 2 + (xx - 24) ** 2 <= 36
-    volume[2][disc] = volume[3][disc] = 1.0
+    volume, disc = _disc_stack()
+    for z in range(4):
+        volume[z][disc] = 1.0  # the lesion, found with certainty on slices 0-3
     volume[4][disc] = 0.45
-    volume[0, 0:13, 0:13] = 0.45
+    volume[7, 0:13, 0:13] = 0.45
     truth = np.zeros(volume.shape, np.uint8)
     truth[2][disc] = 1
     trusted = np.zeros(volume.shape, bool)
     trusted[2] = True
     plain = napari_unet.predict(volume, tiny_model, uncertainty=True).slice_uncertainty
-    assert napari_unet.core.uncertainty.review_order(plain, [2])[0][0] == 0
+    assert napari_unet.core.uncertainty.review_order(plain, [2])[0][0] == 7
     after = napari_unet.predict(volume, tiny_model, uncertainty=True, corrections=(truth, trusted))
     assert napari_unet.core.uncertainty.review_order(after.slice_uncertainty, [2])[0][0] == 4
+
+
+def test_predict_lists_first_the_neighbours_where_the_network_is_sure_the_lesion_stops(ramp_network, tiny_model):
+    """Doubt cannot point at a confident miss: after a correction on slice 2,
+    the slices within two of it where the prediction drops the lesion (0, 1
+    and 4: tumour probability 0 on its footprint) come first, before the slice
+    that continues it (3) and a faint patch far away (6), which plain scores
+    rank first."""
+    import napari_unet
+    from napari_unet.core.uncertainty import review_order
+
+    volume, disc = _disc_stack()
+    volume[2][disc] = volume[3][disc] = 1.0
+    volume[6, 0:13, 0:13] = 0.45
+    truth = np.zeros(volume.shape, np.uint8)
+    truth[2][disc] = 1
+    trusted = np.zeros(volume.shape, bool)
+    trusted[2] = True
+    plain = napari_unet.predict(volume, tiny_model, uncertainty=True).slice_uncertainty
+    assert review_order(plain, [2])[0][0] == 6
+    after = napari_unet.predict(volume, tiny_model, uncertainty=True, corrections=(truth, trusted))
+    order = [z for z, _ in review_order(after.slice_uncertainty, [2])]
+    assert set(order[:3]) == {0, 1, 4}
+    assert order.index(3) > 2 and order.index(6) > 2
+
+
+def test_lesion_continuation_copies_the_corrected_lesion_onto_its_neighbours():
+    from napari_unet.core.postprocess import seeds_from_corrections
+    from napari_unet.core.uncertainty import continuation_score, lesion_continuation
+
+    truth = np.zeros((7, 10, 10), np.uint8)
+    truth[3, 2:5, 2:6] = 1
+    trusted = np.zeros(truth.shape, bool)
+    trusted[3] = True
+    trusted[5, 0:3, 0:3] = True  # a few pixels trusted as background on slice 5
+    expected = lesion_continuation(seeds_from_corrections(truth, trusted))
+    assert list(expected) == [1]
+    footprint = truth[3] == 1
+    for z in (1, 2, 4):
+        np.testing.assert_array_equal(expected[1][z], footprint)
+    assert not expected[1][[0, 3, 6]].any()  # beyond two slices, and the corrected slice itself
+    np.testing.assert_array_equal(expected[1][5], footprint & ~trusted[5])  # trusted pixels need no review
+    assert lesion_continuation({1: footprint, 0: ~footprint}) == {}  # a 2D image
+    # the score: the share of the plane where the lesion should go on and the class is not given
+    probs = np.zeros((3, 10, 10), np.float32)
+    probs[0] = 1.0
+    where = {1: expected[1][2]}
+    assert continuation_score(probs, where) == pytest.approx(12 / 100)
+    probs[1][footprint], probs[0][footprint] = 0.75, 0.25
+    assert continuation_score(probs, where) == pytest.approx(0.25 * 12 / 100)
+    assert continuation_score(probs, {7: where[1]}) == 0.0  # a class the model does not have

@@ -25,6 +25,7 @@ def masked_ce_dice_loss(
     dice_weight: float = 1.0,
     ignore_empty_classes: bool = True,
     include_background: bool = False,
+    class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy plus soft Dice over trusted pixels only.
 
@@ -41,6 +42,8 @@ def masked_ce_dice_loss(
             still pushes their probability down where other classes are trusted).
         include_background: also average the Dice of class 0 (off by default,
             as in nnU-Net: background dominates and cross-entropy covers it).
+        class_weight: (K,) cross-entropy weight of each class (``None``: all
+            1); the cross-entropy is then the weighted mean over trusted pixels.
 
     Returns:
         A scalar tensor. With an all-zero mask it is 0 and still backpropagates
@@ -67,9 +70,14 @@ def masked_ce_dice_loss(
     logits = torch.where(trusted[:, None], logits, torch.zeros_like(logits))
     log_probs = F.log_softmax(logits, dim=1)
     pixel_ce = -log_probs.gather(1, safe_target[:, None]).squeeze(1)
-    pixel_ce = torch.where(trusted, pixel_ce * weight, torch.zeros_like(pixel_ce))
-    total_weight = weight.sum()
-    ce = pixel_ce.sum() / total_weight.clamp_min(1e-6) if mask is not None else pixel_ce.mean()
+    ce_weight = weight
+    if class_weight is not None:
+        ce_weight = weight * class_weight.to(device=logits.device, dtype=torch.float32)[safe_target]
+    pixel_ce = torch.where(trusted, pixel_ce * ce_weight, torch.zeros_like(pixel_ce))
+    if mask is None and class_weight is None:
+        ce = pixel_ce.mean()
+    else:
+        ce = pixel_ce.sum() / ce_weight.sum().clamp_min(1e-6)
     if dice_weight == 0:
         return ce
 

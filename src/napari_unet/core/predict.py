@@ -25,7 +25,13 @@ from .model import fuse_batchnorm
 from .normalize import normalize_slice
 from .postprocess import GROW_PROBABILITY, grow_candidates, keep_connected
 from .tiling import auto_zoom, blend_weights, tile_grid, tile_size_for
-from .uncertainty import near_lesion_scores, normalized_entropy, slice_score
+from .uncertainty import (
+    continuation_score,
+    lesion_continuation,
+    near_lesion_scores,
+    normalized_entropy,
+    slice_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +378,9 @@ def predict_iter(
     doubt = None
     if want_uncertainty and seeds and volume and isinstance(labels, np.ndarray):
         doubt = np.zeros(spatial, np.uint8)
+    # where the corrected lesions should go on, and how much of that each slice's prediction loses
+    expected = lesion_continuation(seeds) if want_uncertainty and seeds and volume else {}
+    lost = np.zeros(num_planes, np.float64) if expected else None
 
     def planes() -> Iterator[np.ndarray]:
         for z in range(num_planes):
@@ -393,6 +402,8 @@ def predict_iter(
             scores[index] = slice_score(weighted)
             if doubt is not None:
                 doubt[index] = np.rint(255.0 * weighted)
+            if lost is not None:
+                lost[index] = continuation_score(probs, {c: m[index] for c, m in expected.items()})
             if volume:
                 uncertainty[index] = plane_entropy
             else:
@@ -419,6 +430,8 @@ def predict_iter(
                     if class_id != 0:
                         focus |= (labels == class_id) | np.asarray(seed, dtype=bool)
                 scores = near_lesion_scores(doubt, focus, scores)
+    if lost is not None:
+        scores = scores + lost
     return Prediction(
         labels=labels,
         probabilities=probabilities,

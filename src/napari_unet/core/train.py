@@ -121,6 +121,8 @@ class TrainOptions:
     #: validation is then only measured and reported, and with a few small
     #: held-back blocks it is too noisy to choose weights by)
     keep: str = "best"
+    #: cross-entropy weight of each class (``None``: equal)
+    class_weight: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
@@ -374,6 +376,7 @@ def train_iter(
     ]
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
+    class_weight = None if options.class_weight is None else torch.tensor(options.class_weight, device=device)
 
     start = time.perf_counter()
     history: list[TrainEvent] = []
@@ -474,7 +477,8 @@ def train_iter(
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, dtype):
                     logits = net(x)
-                loss = masked_ce_dice_loss(logits, y, mask, dice_weight=options.dice_weight)
+                loss = masked_ce_dice_loss(logits, y, mask, dice_weight=options.dice_weight,
+                                           class_weight=class_weight)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     bad_steps += 1

@@ -22,6 +22,17 @@ connected to the corrections, in 3D; the plain score only orders the rest.
 tumour-free slices full of false positives far from the mass, which the
 connected clean-up removes anyway, and reached the mass's own neighbours
 late or never.)
+
+Doubt cannot point at a mistake the network is sure of. After a round on one
+slice of lung2's mass the network was confident there was *no* tumour on the
+next two slices, where the mass grows, and its tumour "region connected to the
+corrections" ran through soft tissue to the top of the stack, so the doubt
+near it sent the user there. A lesion goes on through the slices, so
+:func:`continuation_scores` adds, for the slices within
+:data:`CONTINUATION_SLICES` of a corrected lesion, how much of that lesion
+(its footprint, copied onto the slice) the network
+does *not* give to the lesion's class: a slice where the prediction loses the
+lesion the user just drew next door ranks first.
 """
 
 from __future__ import annotations
@@ -110,3 +121,49 @@ def near_lesion_scores(
     plane_size = float(focus.shape[1] * focus.shape[2])
     scores = np.array([np.asarray(doubt[z])[near[z]].sum(dtype=np.float64) for z in range(len(plain))])
     return scores / scale / plane_size + PLAIN_WEIGHT * plain
+
+
+#: slices either side of a corrected lesion onto which it is expected to go on
+CONTINUATION_SLICES = 2
+
+
+def lesion_continuation(
+    seeds: dict[int, np.ndarray], reach: int = 0, z_reach: int = CONTINUATION_SLICES
+) -> dict[int, np.ndarray]:
+    """Where each corrected lesion would go on: per foreground class of
+    ``seeds`` (:func:`~.postprocess.seeds_from_corrections`, (Z, Y, X) bool
+    masks), its seed pixels (widened by ``reach`` px in-plane; by default not:
+    a ring of background around a large lesion would count on every
+    neighbouring slice alike) copied onto the slices within ``z_reach`` of
+    them, less every pixel the user trusted (of any class: those need no
+    review). ``{}`` for a 2D image or no seeds."""
+    from scipy import ndimage
+
+    masks = {c: np.asarray(m, dtype=bool) for c, m in seeds.items()}
+    if not masks or next(iter(masks.values())).ndim != 3:
+        return {}
+    trusted = np.zeros(next(iter(masks.values())).shape, dtype=bool)
+    for mask in masks.values():
+        trusted |= mask
+    expected = {}
+    for class_id, mask in masks.items():
+        if class_id == 0 or not mask.any():
+            continue
+        grown = ndimage.maximum_filter(
+            mask.view(np.uint8), size=(2 * z_reach + 1, 2 * int(reach) + 1, 2 * int(reach) + 1)
+        ).astype(bool)
+        expected[class_id] = grown & ~trusted
+    return expected
+
+
+def continuation_score(probabilities: np.ndarray, expected: dict[int, np.ndarray]) -> float:
+    """One slice's share of pixels where a corrected lesion should go on
+    (``expected``: ``{class id: bool (Y, X)}``) but the network gives its
+    class little probability: the mean over the plane of ``expected`` times
+    ``1 - P(class)`` (``probabilities`` (C, Y, X)), summed over the classes."""
+    plane = probabilities.shape[-2] * probabilities.shape[-1]
+    total = 0.0
+    for class_id, where in expected.items():
+        if 0 < class_id < probabilities.shape[0] and where.any():
+            total += float((1.0 - np.clip(probabilities[class_id][where], 0.0, 1.0)).sum(dtype=np.float64))
+    return total / plane if plane else 0.0
