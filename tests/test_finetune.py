@@ -460,3 +460,28 @@ def test_round_predicts_only_around_a_partial_correction(monkeypatch):
     pred_all = ft._predict_around(net, plane, np.ones((400, 300), bool), "cpu")
     assert shapes[-1] == (400, 300) and (pred_all == full).all()
     assert (ft._predict_around(net, plane, np.zeros((400, 300), bool), "cpu") == -1).all()
+
+
+def test_reset_head_starts_the_round_from_a_fresh_head_and_keeps_the_rest(small_model, monkeypatch):
+    import napari_unet.core.finetune as ft
+
+    seen = {}
+
+    def capture(model, sampler, validation, options, stop=None):
+        seen["state"] = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+        return (yield from real(model, sampler, validation, options, stop=stop))
+
+    real = ft.train_iter
+    monkeypatch.setattr(ft, "train_iter", capture)
+    before = {k: v.detach().clone() for k, v in small_model.net.state_dict().items()}
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[20:30, 20:30] = 1
+    options = FinetuneOptions(**{**FAST.__dict__, "reset_head": True, "widen_to": None, "instance_norm": False})
+    finetune(image, labels, None, small_model, steps=1, device="cpu", options=options)
+    start = seen["state"]
+    assert not torch.equal(start["head.weight"], before["head.weight"])
+    assert torch.count_nonzero(start["head.bias"]) == 0
+    assert all(torch.equal(start[k], v) for k, v in before.items() if not k.startswith("head."))
+    # the model the round started from is left as it was
+    assert all(torch.equal(small_model.net.state_dict()[k], v) for k, v in before.items())
