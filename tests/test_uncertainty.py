@@ -148,25 +148,33 @@ def _disc_stack(slices: int = 8) -> tuple[np.ndarray, np.ndarray]:
     return volume, (yy - 24) ** 2 + (xx - 24) ** 2 <= 36
 
 
+def _review_orders(volume, disc, model) -> tuple[list[int], list[int]]:
+    """The review order of ``volume``'s slices before and after the disc is
+    corrected as tumour on slice 2 (slice 2 reviewed)."""
+    import napari_unet
+    from napari_unet.core.uncertainty import review_order
+
+    truth = np.zeros(volume.shape, np.uint8)
+    truth[2][disc] = 1
+    trusted = np.zeros(volume.shape, bool)
+    trusted[2] = True
+    plain = napari_unet.predict(volume, model, uncertainty=True).slice_uncertainty
+    after = napari_unet.predict(volume, model, uncertainty=True, corrections=(truth, trusted)).slice_uncertainty
+    return [z for z, _ in review_order(plain, [2])], [z for z, _ in review_order(after, [2])]
+
+
 def test_predict_after_corrections_lists_the_lesions_neighbour_first(ramp_network, tiny_model):
     """The predictor's review scores after a correction: the faint continuation
     of the corrected lesion (slice 4) comes before a larger faint patch far
     from it (slice 7), which plain scores rank first."""
-    import napari_unet
-
     volume, disc = _disc_stack()
     for z in range(4):
         volume[z][disc] = 1.0  # the lesion, found with certainty on slices 0-3
     volume[4][disc] = 0.45
     volume[7, 0:13, 0:13] = 0.45
-    truth = np.zeros(volume.shape, np.uint8)
-    truth[2][disc] = 1
-    trusted = np.zeros(volume.shape, bool)
-    trusted[2] = True
-    plain = napari_unet.predict(volume, tiny_model, uncertainty=True).slice_uncertainty
-    assert napari_unet.core.uncertainty.review_order(plain, [2])[0][0] == 7
-    after = napari_unet.predict(volume, tiny_model, uncertainty=True, corrections=(truth, trusted))
-    assert napari_unet.core.uncertainty.review_order(after.slice_uncertainty, [2])[0][0] == 4
+    plain, after = _review_orders(volume, disc, tiny_model)
+    assert plain[0] == 7
+    assert after[0] == 4
 
 
 def test_predict_lists_first_the_neighbours_where_the_network_is_sure_the_lesion_stops(ramp_network, tiny_model):
@@ -175,20 +183,11 @@ def test_predict_lists_first_the_neighbours_where_the_network_is_sure_the_lesion
     and 4: tumour probability 0 on its footprint) come first, before the slice
     that continues it (3) and a faint patch far away (6), which plain scores
     rank first."""
-    import napari_unet
-    from napari_unet.core.uncertainty import review_order
-
     volume, disc = _disc_stack()
     volume[2][disc] = volume[3][disc] = 1.0
     volume[6, 0:13, 0:13] = 0.45
-    truth = np.zeros(volume.shape, np.uint8)
-    truth[2][disc] = 1
-    trusted = np.zeros(volume.shape, bool)
-    trusted[2] = True
-    plain = napari_unet.predict(volume, tiny_model, uncertainty=True).slice_uncertainty
-    assert review_order(plain, [2])[0][0] == 6
-    after = napari_unet.predict(volume, tiny_model, uncertainty=True, corrections=(truth, trusted))
-    order = [z for z, _ in review_order(after.slice_uncertainty, [2])]
+    plain, order = _review_orders(volume, disc, tiny_model)
+    assert plain[0] == 6
     assert set(order[:3]) == {0, 1, 4}
     assert order.index(3) > 2 and order.index(6) > 2
 

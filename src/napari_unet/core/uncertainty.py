@@ -28,7 +28,7 @@ slice of lung2's mass the network was confident there was *no* tumour on the
 next two slices, where the mass grows, and its tumour "region connected to the
 corrections" ran through soft tissue to the top of the stack, so the doubt
 near it sent the user there. A lesion goes on through the slices, so
-:func:`continuation_scores` adds, for the slices within
+:func:`continuation_score` adds, for the slices within
 :data:`CONTINUATION_SLICES` of a corrected lesion, how much of that lesion
 (its footprint, copied onto the slice) the network
 does *not* give to the lesion's class: a slice where the prediction loses the
@@ -127,16 +127,14 @@ def near_lesion_scores(
 CONTINUATION_SLICES = 2
 
 
-def lesion_continuation(
-    seeds: dict[int, np.ndarray], reach: int = 0, z_reach: int = CONTINUATION_SLICES
-) -> dict[int, np.ndarray]:
+def lesion_continuation(seeds: dict[int, np.ndarray], z_reach: int = CONTINUATION_SLICES) -> dict[int, np.ndarray]:
     """Where each corrected lesion would go on: per foreground class of
     ``seeds`` (:func:`~.postprocess.seeds_from_corrections`, (Z, Y, X) bool
-    masks), its seed pixels (widened by ``reach`` px in-plane; by default not:
-    a ring of background around a large lesion would count on every
-    neighbouring slice alike) copied onto the slices within ``z_reach`` of
+    masks), its seed pixels copied onto the slices within ``z_reach`` of
     them, less every pixel the user trusted (of any class: those need no
-    review). ``{}`` for a 2D image or no seeds."""
+    review). The footprint is not widened in-plane: a ring of background
+    around a large lesion would count on every neighbouring slice alike.
+    ``{}`` for a 2D image or no seeds."""
     from scipy import ndimage
 
     masks = {c: np.asarray(m, dtype=bool) for c, m in seeds.items()}
@@ -149,9 +147,7 @@ def lesion_continuation(
     for class_id, mask in masks.items():
         if class_id == 0 or not mask.any():
             continue
-        grown = ndimage.maximum_filter(
-            mask.view(np.uint8), size=(2 * z_reach + 1, 2 * int(reach) + 1, 2 * int(reach) + 1)
-        ).astype(bool)
+        grown = ndimage.maximum_filter(mask.view(np.uint8), size=(2 * z_reach + 1, 1, 1)).astype(bool)
         expected[class_id] = grown & ~trusted
     return expected
 
