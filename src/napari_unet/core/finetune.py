@@ -134,9 +134,9 @@ class FinetuneOptions:
     #: 0.444 / 0.305 and 0.450 / 0.370 against 0.362 / 0.314, within the noise
     foreground_weight: float = 1.0
     #: start the round from fresh random weights in the 1x1 head (the encoder
-    #: and decoder kept): the bundled model's confident "no tumour" prior goes,
-    #: and with it what the head knew of every class (classes the corrections
-    #: do not show are then learnt from scratch or lost). On the real scans
+    #: and decoder kept): what the bundled head maps to each class goes
+    #: (classes the corrections do not show are then learnt from scratch or
+    #: lost). On the real scans
     #: (seed 0) it took breast1 from 0.59/0.33/0.48 to 0.84/0.90/0.71 at
     #: k = 1/3/10 and lung2 at k = 3/10 from 0.33/0.54 to 0.03/0.01, with far
     #: more liberal raw predictions: off by default (docs/finetune.md)
