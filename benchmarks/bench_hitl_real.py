@@ -104,7 +104,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int,
-                  mask: np.ndarray | None = None) -> tuple[float, float]:
+                  mask: np.ndarray | None = None, row: dict | None = None) -> tuple[float, float]:
     """(Dice, Dice of every region) of the tumour class over the held-out slices.
 
     The whole stack is segmented, as a user segments the whole scan after a
@@ -112,14 +112,17 @@ def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int,
     regions that do not connect in 3D to any pixel the user trusted as
     tumour (``mask`` marks the corrected slices) are left out
     (:mod:`napari_unet.core.postprocess`); the second keeps every region.
-    Without corrections (zero-shot) both are the same."""
+    Without corrections (zero-shot) both are the same. With ``row``, the
+    connected figure without the one-slice bridge (strict 3D connectivity,
+    the clean-up before 0.9) goes into ``row["no_bridge"]``: the same
+    prediction, so the two clean-ups compare without training noise."""
     from napari_unet.core.normalize import intensity_ranges
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
 
     ranges = intensity_ranges(volume, model.config.input, False)
     options = PredictOptions(device="cpu", return_probabilities=mask is not None)
     result = run_to_end(predict_iter(volume, model, options, intensity_ranges=ranges))
-    return _both(result.labels, truth, median, mask, result.probabilities)
+    return _both(result.labels, truth, median, mask, result.probabilities, row)
 
 
 #: the clean-up's widening threshold (``--grow``; the product's default unless given)
@@ -127,7 +130,7 @@ GROW = None
 
 
 def _both(pred: np.ndarray, truth: np.ndarray, median: int, mask: np.ndarray | None,
-          probabilities: np.ndarray | None = None) -> tuple[float, float]:
+          probabilities: np.ndarray | None = None, row: dict | None = None) -> tuple[float, float]:
     """(connected, every region); the connected figure also widens the kept
     regions with less certain pixels (``probabilities`` (C,Z,Y,X)) as the
     product does after a round."""
@@ -145,7 +148,12 @@ def _both(pred: np.ndarray, truth: np.ndarray, median: int, mask: np.ndarray | N
     candidates = None
     if probabilities is not None and grow < 0.5:
         candidates = grow_candidates(probabilities, pred, grow)
-    keep_connected(pred, seeds_from_corrections(truth, mask, classes=[TUMOUR]), candidates)
+    seeds = seeds_from_corrections(truth, mask, classes=[TUMOUR])
+    if row is not None:
+        strict = pred.copy()
+        keep_connected(strict, seeds, candidates, bridge=0)
+        row["no_bridge"] = dice(strict[median:], truth[median:])
+    keep_connected(pred, seeds, candidates)
     return dice(pred[median:], truth[median:]), every
 
 
@@ -239,7 +247,7 @@ def run_case(name: str, args, base) -> dict:
                 val_before=result.val_dice_before,
                 val_after=result.val_dice_after,
             )
-            row["finetuned"], row["every_region"] = held_out_dice(result.model, volume, truth, median, mask)
+            row["finetuned"], row["every_region"] = held_out_dice(result.model, volume, truth, median, mask, row)
             if args.save_models:
                 from napari_unet.core.weights import save_model
 
@@ -330,7 +338,7 @@ def run_case_suggested(name: str, args, base) -> dict:
         row = {"k": k, "strategy": "suggested", "slices": sorted(reviewed), "rounds": rounds,
                "seconds": round(time.perf_counter() - start, 1),
                "scratch": None}
-        row["finetuned"], row["every_region"] = held_out_dice(model, volume, truth, median, mask)
+        row["finetuned"], row["every_region"] = held_out_dice(model, volume, truth, median, mask, row)
         rows.append(row)
         with_tumour = sum(1 for z in reviewed if truth[z].any())
         print(f"  suggested k={k:2d}: fine-tuned {row['finetuned']:.3f} (slices {row['slices']}, "
@@ -361,6 +369,10 @@ def table(results: list[dict], ks: list[int]) -> str:
     lines.append("| mean | " + " | ".join(cells) + " |")
     every = [np.nanmean([r["every_region"] for res in results for r in res["rows"] if r["k"] == k and "every_region" in r] or [np.nan]) for k in ks]
     lines.append("| mean, every region kept | " + " | ".join(f"{v:.3f}" for v in every) + " |")
+    strict = [[r["no_bridge"] for res in results for r in res["rows"] if r["k"] == k and "no_bridge" in r] for k in ks]
+    if any(strict):
+        lines.append("| mean, no slice bridged | " + " | ".join(
+            f"{np.nanmean(v):.3f}" if v else "-" for v in strict) + " |")
     return "\n".join(lines)
 
 

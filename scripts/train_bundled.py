@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU threads for PyTorch, or 'auto': re-measure 1 vs 2 threads every 100 steps "
                         "and keep the faster (on a shared machine one thread is often faster)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="float32", choices=("float32", "auto", "bfloat16", "float16"),
+                   help="training precision (default float32; 'auto' runs bfloat16 autocast on a CPU "
+                        "with native bfloat16, float16 on CUDA); recorded in the stage")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "bundled-run")
     p.add_argument("--resume", action="store_true",
                    help="continue a run: from the checkpoint in --work if there is one, else from the "
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         min_lr_ratio=0.02,
         val_every=args.val_every,
         device=args.device,
-        precision="float32",
+        precision=args.precision,
         seed=args.seed + start_step,
         checkpoint_every=args.checkpoint_every,
         start_step=start_step,
@@ -258,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop_reason": result.stop_reason,
         "best_step": result.best_step,
         "best_val_dice": result.best_val_dice,
+        "precision": getattr(result, "precision", args.precision),
         "validation": f"{args.val_samples} simulated scans of this stage's simulator, stream (seed, 1)",
     }
     final_config = config.replace(provenance={

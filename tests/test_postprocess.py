@@ -47,6 +47,42 @@ def test_connectivity_runs_through_diagonal_neighbours_across_slices():
     assert removed.regions == 0 and labels.sum() == 3
 
 
+def _gapped(gap: int) -> tuple[np.ndarray, dict]:
+    """The user's lesion on slice 1, found on slice 2, missed on ``gap`` slices, then found again."""
+    labels = np.zeros((9, 12, 12), np.uint8)
+    labels[2, 4:8, 4:8] = 1
+    labels[3 + gap:, 5:9, 5:9] = 1  # goes on, shifted by a pixel
+    labels[3 + gap, 0:2, 10:12] = 1  # a false alarm on the same slice, nowhere near
+    truth = np.zeros_like(labels)
+    truth[1, 4:8, 4:8] = 1
+    mask = np.zeros(labels.shape, bool)
+    mask[1] = True
+    return labels, seeds_from_corrections(truth, mask)
+
+
+def test_a_lesion_missed_on_one_slice_still_connects_but_not_across_two():
+    labels, seeds = _gapped(1)
+    [removed] = keep_connected(labels, seeds)
+    assert (labels[4:, 5:9, 5:9] == 1).all() and labels[3].sum() == 0  # kept; the gap stays a gap
+    assert labels[4, 0:2, 10:12].sum() == 0 and removed.regions == 1 and removed.kept_regions == 1  # one piece
+    strict, seeds = _gapped(1)
+    keep_connected(strict, seeds, bridge=0)
+    assert strict[4:].sum() == 0  # strict 3D connectivity: the continuation goes
+    far, seeds = _gapped(2)
+    keep_connected(far, seeds)
+    assert far[5:].sum() == 0  # two missed slices: not the same piece
+
+
+def test_the_bridge_never_crosses_a_slice_the_user_corrected():
+    labels, seeds = _gapped(1)
+    truth = np.zeros_like(labels)
+    truth[1, 4:8, 4:8] = 1
+    mask = np.zeros(labels.shape, bool)
+    mask[[1, 3]] = True  # slice 3 corrected too: no lesion there
+    keep_connected(labels, seeds_from_corrections(truth, mask))
+    assert labels[4:].sum() == 0
+
+
 def test_a_prediction_missing_every_seed_is_left_alone():
     labels = _stack()
     seeds = {1: np.zeros(labels.shape, bool)}
@@ -216,3 +252,23 @@ def test_predict_with_corrections_grows_only_below_its_threshold(ramp_network):
     assert plain.removed[0].grown == 0 and (plain.labels == 1).sum() == 25 * 3
     assert wide.removed[0].grown == 24 * 3 and (wide.labels == 1).sum() == 49 * 3
     np.testing.assert_array_equal(wide.labels[mask], plain.labels[mask])  # trusted pixels unchanged
+
+
+def test_predict_keeps_a_lesion_the_network_misses_on_one_slice(ramp_network):
+    from napari_unet.core.config import ModelConfig
+    from napari_unet.core.predict import PredictOptions, predict
+    from napari_unet.core.weights import new_model
+
+    model = new_model(ModelConfig(name="any"), seed=0)
+    stack = np.full((5, 24, 24), 100, np.float32)
+    stack[[0, 1, 3, 4], 5:10, 5:10] = 1100  # the lesion, invisible to the "network" on slice 2
+    truth = np.zeros(stack.shape, np.uint8)
+    truth[0, 5:10, 5:10] = 1
+    mask = np.zeros(stack.shape, bool)
+    mask[0] = True
+    bridged = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5)
+    strict = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5, bridge=0)
+    assert (bridged.labels[3:] == 1).sum() == 2 * 25 and bridged.labels[2].sum() == 0
+    assert (strict.labels[3:] == 1).sum() == 0 and strict.removed[0].voxels == 2 * 25
+    with pytest.raises(ValueError, match="bridge"):
+        PredictOptions(bridge=-1)

@@ -52,6 +52,21 @@ def test_review_order_ranks_highest_first_and_drops_reviewed():
     assert [z for z, _ in review_order(scores, top=2)] == [1, 3]
 
 
+def test_review_order_spreads_neighbouring_slices():
+    # the doubt sits on a run of neighbours (a lesion's continuation): the list
+    # goes to both ends of it before the slice next to the first pick
+    scores = [0.0, 0.0, 0.2, 0.3, 0.4, 0.45, 0.0, 0.38, 0.0]
+    assert [z for z, _ in review_order(scores, top=3)] == [5, 7, 3]
+    assert [z for z, _ in review_order(scores, top=3, spacing=0)] == [5, 4, 7]
+    # the scores listed are the slices' own, every unreviewed slice is listed once
+    listed = review_order(scores, reviewed=[5])
+    assert sorted(z for z, _ in listed) == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert dict(listed)[4] == 0.4
+    # a neighbour still beats a slice of less than half its score
+    assert [z for z, _ in review_order([0.0, 1.0, 0.9, 0.0, 0.3], top=2)] == [1, 2]
+    assert review_order([0.2, 0.1], reviewed=[0, 1]) == []
+
+
 def _stack_with_noise_slice(noise_slice: int) -> np.ndarray:
     """Five smooth slices with one bright square; one slice is pure noise."""
     rng = np.random.default_rng(1)

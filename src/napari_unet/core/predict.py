@@ -23,7 +23,7 @@ from . import normalize as _normalize
 from .device import autocast, empty_cache, is_out_of_memory, resolve_device, resolve_precision
 from .model import fuse_batchnorm
 from .normalize import normalize_slice
-from .postprocess import GROW_PROBABILITY, grow_candidates, keep_connected
+from .postprocess import BRIDGE_SLICES, GROW_PROBABILITY, grow_candidates, keep_connected
 from .tiling import auto_zoom, blend_weights, tile_grid, tile_size_for
 from .uncertainty import (
     continuation_score,
@@ -59,6 +59,8 @@ class PredictOptions:
     corrections of a stack), background pixels whose foreground probability
     is at least this much join a kept region they connect to
     (:func:`~.postprocess.keep_connected`); 0.5 or more switches it off.
+    ``bridge``: slices on which a kept region may be missing and still go
+    on (0: strict 3D connectivity).
     """
 
     tile: int = 512
@@ -70,8 +72,11 @@ class PredictOptions:
     zoom: float | None = None
     uncertainty: bool = False
     grow: float = GROW_PROBABILITY
+    bridge: int = BRIDGE_SLICES
 
     def __post_init__(self) -> None:
+        if isinstance(self.bridge, bool) or not isinstance(self.bridge, int) or not 0 <= self.bridge <= 8:
+            raise ValueError(f"bridge must be 0..8 slices, got {self.bridge!r}")
         if not 0.0 < self.grow <= 1.0:
             raise ValueError(f"grow must be a probability above 0 and at most 1, got {self.grow}")
         if self.zoom is not None and not 0.05 <= self.zoom <= 4.0:
@@ -423,7 +428,7 @@ def predict_iter(
         if not isinstance(labels, np.ndarray):
             runner.notes.append("regions were not matched with the corrections: the output is not a NumPy array")
         else:
-            removed = keep_connected(labels, seeds, candidates)
+            removed = keep_connected(labels, seeds, candidates, bridge=options.bridge)
             if doubt is not None:
                 focus = np.zeros(spatial, bool)
                 for class_id, seed in seeds.items():
@@ -484,6 +489,7 @@ def predict(
     uncertainty_out=None,
     corrections: tuple | None = None,
     grow: float = GROW_PROBABILITY,
+    bridge: int = BRIDGE_SLICES,
 ) -> Prediction:
     """Segment an image with a model (the default bundled model when ``None``).
 
@@ -497,7 +503,8 @@ def predict(
     3D to any pixel trusted as that class are left out, as the widget does
     after a round (:mod:`~napari_unet.core.postprocess`), and background
     pixels with a foreground probability of at least ``grow`` that connect
-    to a kept region join it (0.5 switches that off); ``removed`` says what
+    to a kept region join it (0.5 switches that off); a region may skip
+    ``bridge`` slices and still connect (0: strict); ``removed`` says what
     went and what was added.
     """
     from .weights import load_model
@@ -513,6 +520,7 @@ def predict(
         zoom=zoom,
         uncertainty=uncertainty,
         grow=grow,
+        bridge=bridge,
     )
     seeds = None
     if corrections is not None:

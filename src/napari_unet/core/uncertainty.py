@@ -77,11 +77,46 @@ def slice_scores(uncertainty: np.ndarray) -> np.ndarray:
     return np.array([slice_score(u[z]) for z in range(u.shape[0])])
 
 
-def review_order(scores: Iterable[float], reviewed: Iterable[int] = (), top: int | None = None) -> list[tuple[int, float]]:
-    """``(slice, score)`` of the unreviewed slices, most uncertain first (ties: lower slice first)."""
+#: slices either side of a listed slice whose score :func:`review_order` discounts
+REVIEW_SPACING = 1
+#: the factor applied to the score of a slice next to one already on the list
+NEIGHBOUR_DISCOUNT = 0.5
+
+
+def review_order(
+    scores: Iterable[float], reviewed: Iterable[int] = (), top: int | None = None, spacing: int = REVIEW_SPACING
+) -> list[tuple[int, float]]:
+    """``(slice, score)`` of the unreviewed slices, most uncertain first (ties:
+    lower slice first), spread out: the list is built greedily, and a slice
+    within ``spacing`` of one already on it competes with
+    :data:`NEIGHBOUR_DISCOUNT` times its score. Two neighbouring slices show
+    nearly the same anatomy, so a user who corrects the first few of the list
+    before the next round teaches the model more with slices apart; the most
+    uncertain slice always comes first, and a neighbour still comes before a
+    slice of less than half its score. The scores returned are the slices'
+    own. ``spacing=0`` is the plain ranking."""
     done = {int(z) for z in reviewed}
-    ranked = sorted(((i, float(s)) for i, s in enumerate(scores) if i not in done), key=lambda t: (-t[1], t[0]))
-    return ranked[:top] if top is not None else ranked
+    values = np.array([float(v) for v in scores], dtype=np.float64)
+    order = np.array([i for i in range(values.size) if i not in done], dtype=np.int64)
+    if order.size == 0:
+        return []
+    if spacing <= 0:
+        ranked = sorted(order.tolist(), key=lambda i: (-values[i], i))
+    else:
+        effective = values.copy()
+        effective[list(done & set(range(values.size)))] = -np.inf
+        discounted = np.zeros(values.size, dtype=bool)
+        ranked = []
+        for _ in range(order.size if top is None else min(top, order.size)):
+            z = int(np.argmax(effective))  # the first maximum: lower slice on ties
+            ranked.append(z)
+            effective[z] = -np.inf
+            lo, hi = max(0, z - spacing), min(values.size, z + spacing + 1)
+            fresh = ~discounted[lo:hi] & np.isfinite(effective[lo:hi])
+            effective[lo:hi][fresh] *= NEIGHBOUR_DISCOUNT
+            discounted[lo:hi] = True
+    listed = [(int(i), float(values[i])) for i in ranked]
+    return listed[:top] if top is not None else listed
 
 
 #: the weight of the plain score in :func:`near_lesion_scores` (it orders slices with no nearby doubt)
