@@ -223,7 +223,8 @@ def run_strategies(args: argparse.Namespace) -> dict:
                 picked = list(range(size))  # the user's first slice, as in even
             else:
                 scores = predict(pool_images, model, device="cpu", uncertainty=True).slice_uncertainty
-                picked = [z for z, _ in review_order(scores, reviewed, top=size)]
+                # the pool is independent simulated scans, not a stack: no neighbours to spread
+                picked = [z for z, _ in review_order(scores, reviewed, top=size, spacing=0)]
             reviewed += picked
             picks.append(picked)
             model = tune(model, reviewed).model

@@ -62,14 +62,14 @@ def _gapped(gap: int) -> tuple[np.ndarray, dict]:
 
 def test_a_lesion_missed_on_one_slice_still_connects_but_not_across_two():
     labels, seeds = _gapped(1)
-    [removed] = keep_connected(labels, seeds)
+    [removed] = keep_connected(labels, seeds, bridge=1)
     assert (labels[4:, 5:9, 5:9] == 1).all() and labels[3].sum() == 0  # kept; the gap stays a gap
     assert labels[4, 0:2, 10:12].sum() == 0 and removed.regions == 1 and removed.kept_regions == 1  # one piece
     strict, seeds = _gapped(1)
-    keep_connected(strict, seeds, bridge=0)
-    assert strict[4:].sum() == 0  # strict 3D connectivity: the continuation goes
+    keep_connected(strict, seeds)
+    assert strict[4:].sum() == 0  # strict 3D connectivity (the default): the continuation goes
     far, seeds = _gapped(2)
-    keep_connected(far, seeds)
+    keep_connected(far, seeds, bridge=1)
     assert far[5:].sum() == 0  # two missed slices: not the same piece
 
 
@@ -79,7 +79,7 @@ def test_the_bridge_never_crosses_a_slice_the_user_corrected():
     truth[1, 4:8, 4:8] = 1
     mask = np.zeros(labels.shape, bool)
     mask[[1, 3]] = True  # slice 3 corrected too: no lesion there
-    keep_connected(labels, seeds_from_corrections(truth, mask))
+    keep_connected(labels, seeds_from_corrections(truth, mask), bridge=1)
     assert labels[4:].sum() == 0
 
 
@@ -254,7 +254,7 @@ def test_predict_with_corrections_grows_only_below_its_threshold(ramp_network):
     np.testing.assert_array_equal(wide.labels[mask], plain.labels[mask])  # trusted pixels unchanged
 
 
-def test_predict_keeps_a_lesion_the_network_misses_on_one_slice(ramp_network):
+def test_predict_with_a_bridge_keeps_a_lesion_the_network_misses_on_one_slice(ramp_network):
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.predict import PredictOptions, predict
     from napari_unet.core.weights import new_model
@@ -266,8 +266,8 @@ def test_predict_keeps_a_lesion_the_network_misses_on_one_slice(ramp_network):
     truth[0, 5:10, 5:10] = 1
     mask = np.zeros(stack.shape, bool)
     mask[0] = True
-    bridged = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5)
-    strict = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5, bridge=0)
+    bridged = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5, bridge=1)
+    strict = predict(stack, model, device="cpu", corrections=(truth, mask), grow=0.5)
     assert (bridged.labels[3:] == 1).sum() == 2 * 25 and bridged.labels[2].sum() == 0
     assert (strict.labels[3:] == 1).sum() == 0 and strict.removed[0].voxels == 2 * 25
     with pytest.raises(ValueError, match="bridge"):

@@ -96,7 +96,7 @@ def review_order(
     slice of less than half its score. The scores returned are the slices'
     own. ``spacing=0`` is the plain ranking."""
     done = {int(z) for z in reviewed}
-    values = np.array([float(v) for v in scores], dtype=np.float64)
+    values = np.nan_to_num(np.array([float(v) for v in scores], dtype=np.float64), nan=0.0)
     order = np.array([i for i in range(values.size) if i not in done], dtype=np.int64)
     if order.size == 0:
         return []
