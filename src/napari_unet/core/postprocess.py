@@ -27,13 +27,13 @@ Connectivity is the full 3x3x3 neighbourhood: slices are often thick (5-7 mm)
 and a lesion's outline moves by a pixel or two from one slice to the next.
 ``bridge=1`` also joins a region that goes on, in-plane, two slices further,
 through one slice where the network missed it (never across a pixel the user
-trusted). It is off by default: on the real-scan benchmark (two seeds, 30
+trusted). It is off by default: on the real-scan benchmark (three seeds, 45
 rounds, scored with and without it on the same predictions) it took one
 lung2 round from 0.00 to 0.61 (the mass found again from slice 20, missed on
-19) and the same cell of the other seed from 0.46 to 0.00 (with nothing
+19) and the same cell of another seed from 0.46 to 0.00 (with nothing
 connected, strict connectivity leaves every region as predicted; bridged, a
-small region connects and everything else goes), and cost 0.02-0.13 on two
-more by joining false regions to the lesion: no gain overall.
+small region connects and everything else goes), and cost 0.01-0.13 on four
+more by joining false regions to the lesion: a net loss.
 
 Because the clean-up takes away what a liberal prediction gets wrong far from
 the user's lesion, the region it keeps may also be *widened*: the predictor
