@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "stop_reason": result.stop_reason,
         "best_step": result.best_step,
         "best_val_dice": result.best_val_dice,
-        "precision": getattr(result, "precision", args.precision),
+        "precision": result.precision,
         "validation": f"{args.val_samples} simulated scans of this stage's simulator, stream (seed, 1)",
     }
     final_config = config.replace(provenance={

@@ -95,19 +95,17 @@ def review_order(
     uncertain slice always comes first, and a neighbour still comes before a
     slice of less than half its score. The scores returned are the slices'
     own. ``spacing=0`` is the plain ranking."""
-    done = {int(z) for z in reviewed}
     values = np.nan_to_num(np.array([float(v) for v in scores], dtype=np.float64), nan=0.0)
-    order = np.array([i for i in range(values.size) if i not in done], dtype=np.int64)
-    if order.size == 0:
-        return []
+    done = {int(z) for z in reviewed} & set(range(values.size))
+    left = values.size - len(done)
     if spacing <= 0:
-        ranked = sorted(order.tolist(), key=lambda i: (-values[i], i))
+        ranked = sorted((i for i in range(values.size) if i not in done), key=lambda i: (-values[i], i))
     else:
         effective = values.copy()
-        effective[list(done & set(range(values.size)))] = -np.inf
+        effective[list(done)] = -np.inf
         discounted = np.zeros(values.size, dtype=bool)
         ranked = []
-        for _ in range(order.size if top is None else min(top, order.size)):
+        for _ in range(left if top is None else min(top, left)):
             z = int(np.argmax(effective))  # the first maximum: lower slice on ties
             ranked.append(z)
             effective[z] = -np.inf
