@@ -330,7 +330,8 @@ def run_case_suggested(name: str, args, base) -> dict:
             reviewed += picked
             mask = np.zeros(truth.shape, bool)
             mask[reviewed] = True
-            result = finetune(volume, truth, mask, model, max_seconds=args.seconds, device="cpu",
+            start_from = base if args.rounds_from == "base" else model
+            result = finetune(volume, truth, mask, start_from, max_seconds=args.seconds, device="cpu",
                               seed=args.seed, options=args.finetune_options, return_result=True)
             model = result.model
             rounds.append({"picked": picked, "tumour_in_picked": int(truth[picked].sum()),
@@ -493,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="suggested: rank by the plain slice score, not the doubt near the corrected lesion first")
     parser.add_argument("--first", choices=("user", "list"), default="user",
                         help="suggested strategy: the first slice is the user's (the even k=1 slice) or the list's")
+    parser.add_argument("--rounds-from", choices=("last", "base"), default="last",
+                        help="suggested strategy: each round continues the last round's model (as the "
+                             "widget does) or starts again from the starting model with every correction so far")
     parser.add_argument("--curve", type=Path, default=None,
                         help="with --strategy both: write a plot of Dice against corrected slices")
     args = parser.parse_args(argv)
@@ -533,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model": base.config.name, "seconds": args.seconds, "options": json.loads(args.options),
+                   "rounds_from": args.rounds_from,
                    "cases": results, "suggested": suggested}
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
     if args.curve and results and suggested:

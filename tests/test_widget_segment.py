@@ -194,3 +194,31 @@ def test_inline_run_leaves_the_widget_idle(widget, blob_image, monkeypatch):
     labels = viewer.layers["scan segmentation"]
     assert labels.metadata["napari_unet"]["zoom"] == 0.75
     assert labels.metadata["napari_unet"]["role"] == "segmentation"
+
+
+def test_result_layer_is_added_unselected_and_selected_a_turn_later(make_napari_viewer, qtbot, monkeypatch):
+    """napari selects a layer as it inserts it; the Segment widget's result is
+    added without that and selected in the next turn of the event loop (two
+    shorter stalls instead of one), and napari's own switch is left as it was."""
+    from napari.layers import Labels
+
+    from napari_unet.widgets._common import add_layer_unselected, select_soon
+
+    monkeypatch.delenv("NAPARI_UNET_SYNC", raising=False)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((8, 8), np.float32))
+    labels = Labels(np.zeros((8, 8), np.uint8), name="result")
+    add_layer_unselected(viewer, labels)
+    assert labels in viewer.layers
+    assert viewer.layers.selection.active is image
+    select_soon(viewer, labels)
+    assert viewer.layers.selection.active is image  # not in the same turn
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is labels, timeout=5_000)
+    gone = Labels(np.zeros((8, 8), np.uint8), name="gone")
+    add_layer_unselected(viewer, gone)
+    select_soon(viewer, gone)
+    viewer.layers.remove(gone)  # removed before its turn: not selected, nothing raised
+    qtbot.wait(50)
+    assert viewer.layers.selection.active is labels
+    later = viewer.add_image(np.ones((8, 8), np.float32))
+    assert viewer.layers.selection.active is later  # napari still selects what others add

@@ -36,6 +36,7 @@ from napari_unet.core.tiling import auto_zoom
 from ._common import (
     META_KEY,
     LayerProblem,
+    add_layer_unselected,
     check_image_layer,
     class_features,
     heavy_imports,
@@ -45,6 +46,7 @@ from ._common import (
     rebuild_choices,
     report_failure,
     run_generator,
+    select_soon,
     show_info,
     show_warning,
     warm_up_once,
@@ -330,7 +332,7 @@ class SegmentWidget(Container):
             self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
         else:
             self.status.value = f"done ({where})"
-        self._viewer.layers.selection.active = layer_out
+        select_soon(self._viewer, layer_out)
 
     def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None, source: str):
         """Put the prediction in a Labels layer, never overwriting user edits."""
@@ -364,7 +366,9 @@ class SegmentWidget(Container):
             # with the plugin's own metadata from the start, so the Fine-tune widget
             # sees a result layer the moment it is inserted
             extra[META_KEY] = dict(meta)
-            target = self._viewer.add_labels(
+            from napari.layers import Labels
+
+            target = Labels(
                 data,
                 name=result_layer_name(image_layer.name),
                 scale=image_layer.scale[-len(full_shape):],
@@ -374,6 +378,7 @@ class SegmentWidget(Container):
                 opacity=0.6,
                 metadata=extra,  # the scan's geometry (affine) travels to the writers
             )
+            add_layer_unselected(self._viewer, target)  # selected a turn later: two shorter stalls
             target.events.paint.connect(_mark_edited(target))
             from .corrections import bind_review_key, tracker_for
 
