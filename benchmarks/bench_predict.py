@@ -8,6 +8,11 @@ the same network, tile and overlap (MONAI is installed for this only:
 ``make bench`` does it).
 
     python benchmarks/bench_predict.py [--repeats 5] [--threads N]
+
+``--fine-tuned W [W ...]`` prints only ms per 512x512 slice of the bundled
+model as a fine-tuning round leaves it (instance norm, widened to W
+channels; 12 = not widened), with the model's instance norm (a group norm of
+one channel per group) and with torch's own instance-norm kernel.
 """
 
 from __future__ import annotations
@@ -43,14 +48,50 @@ def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
+def fine_tuned_speed(widths: list[int], repeats: int) -> None:
+    """ms per 512x512 slice of the bundled model converted to instance norm and
+    widened, as a fine-tuning round returns it, with both instance-norm kernels."""
+    import copy
+
+    from torch import nn
+
+    from napari_unet.core.model import InstanceNorm, to_instance_norm, widen
+    from napari_unet.core.weights import SegmentationModel, load_model
+
+    base = load_model(None, "cpu")
+    stack = np.random.default_rng(0).integers(0, 4096, (4, 512, 512)).astype(np.uint16)
+    print(f"bundled {base.name}, auto precision ({'bfloat16' if cpu_has_native_bf16() else 'float32'} here), "
+          f"{torch.get_num_threads()} threads")
+    for width in widths:
+        net = to_instance_norm(base.net)
+        if width > net.config.base_channels:
+            net = widen(net, width)
+        times = {}
+        for kernel in ("group norm (the model's)", "torch instance norm"):
+            variant = copy.deepcopy(net)
+            if kernel.startswith("torch"):
+                for module in variant.modules():
+                    if type(module) is InstanceNorm:
+                        module.__class__ = nn.InstanceNorm2d
+            model = SegmentationModel(config=base.config.replace(architecture=variant.config), net=variant,
+                                      source="bench")
+            times[kernel] = best_time(lambda m=model: predict(stack, m, device="cpu"), repeats) / len(stack)
+        print(f"width {width}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in times.items()) + " per slice")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-monai", action="store_true")
+    parser.add_argument("--fine-tuned", type=int, nargs="+", default=None, metavar="W",
+                        help="only: ms per 512x512 slice of the bundled model as a round leaves it, widened to W")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fine_tuned:
+        fine_tuned_speed(args.fine_tuned, args.repeats)
+        return
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

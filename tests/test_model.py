@@ -132,3 +132,31 @@ def test_widen_refuses_a_narrower_target_and_group_norm():
         widen(UNet(UNetConfig(depth=2, base_channels=8)), 4)
     with pytest.raises(ValueError, match="group-norm"):
         widen(UNet(UNetConfig(depth=2, base_channels=8, norm="group")), 16)
+
+
+def test_instance_norm_is_torchs_instance_norm_in_both_memory_layouts():
+    """The model's instance norm (a group norm of one channel per group, faster
+    on channels-last CPU tensors) gives torch's instance-norm values and
+    gradients, and loads the same parameters."""
+    from torch import nn
+
+    from napari_unet.core.model import InstanceNorm
+
+    torch.manual_seed(0)
+    reference = nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        reference.weight.normal_()
+        reference.bias.normal_()
+    ours = InstanceNorm(6, affine=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 6, 17, 23) * 5 + 2
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        inputs = x.contiguous(memory_format=memory_format).requires_grad_(True)
+        expected = reference(inputs)
+        got = ours(inputs)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        (grad_expected,) = torch.autograd.grad(expected.square().sum(), inputs)
+        (grad_got,) = torch.autograd.grad(got.square().sum(), inputs)
+        torch.testing.assert_close(grad_got, grad_expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ours(x), x)  # it does normalise
+    assert isinstance(UNet(UNetConfig(norm="instance")).encoder.blocks[0][1], InstanceNorm)

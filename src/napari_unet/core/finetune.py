@@ -127,7 +127,7 @@ class FinetuneOptions:
     #: 60 s) widening took the mean held-out Dice at k = 1/3/10 from
     #: 0.349/0.562/0.601 to 0.555/0.487/0.631; in float32 (one seed, about 90
     #: steps a round instead of 300) it was even (0.410/0.576/0.509 against
-    #: 0.465/0.590/0.501). A widened model predicts about 8x slower (instance norm, 5x the FLOPs).
+    #: 0.465/0.590/0.501). A widened model predicts about 3x slower (5x the FLOPs; 8x before 0.9.1's instance-norm kernel).
     widen_to: int | str | None = "auto"
     #: cross-entropy weight of every foreground class against background's 1.
     #: Tried at 3 and 10 on the breast lesion (seeds 0 and 1, k = 1 / 3):
