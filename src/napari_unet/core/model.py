@@ -21,9 +21,10 @@ class InstanceNorm(nn.InstanceNorm2d):
     """Instance norm (affine, no running statistics) computed as a group norm
     with one group per channel: the same numbers (each channel of each image
     normalised over its own pixels) and the same parameters, but torch's
-    group-norm kernel handles the channels-last tensors that prediction and
-    training use on the CPU 2-4x faster than its instance-norm kernel
-    (``benchmarks/bench_predict.py --fine-tuned 12 32``, docs/performance.md)."""
+    group-norm kernel handles the channels-last tensors that prediction uses
+    on the CPU 2-4x faster than its instance-norm kernel
+    (``benchmarks/bench_predict.py --fine-tuned 12 32``, docs/performance.md);
+    training runs channels-first, where the two kernels are about even."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.track_running_stats or not self.affine or x.dim() != 4:
