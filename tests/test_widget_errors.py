@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet.widgets._common import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE
 
 
@@ -54,7 +55,7 @@ def test_segment_on_a_missing_device_warns_once(viewer_with_scan, tiny_model_dir
     segment.device.value = "cuda"
     assert segment.segment() is not None
     # the worker may be done before a waitSignal could connect: wait on the widget's state
-    qtbot.waitUntil(lambda: segment._worker is None and segment.segment_button.enabled, timeout=60_000)
+    qtbot.waitUntil(lambda: segment._worker is None and segment.segment_button.enabled and not turns_pending(), timeout=60_000)
     assert len(notifications) == 1, notifications
     level, text = notifications[0]
     assert level == "show_warning" and "cuda" in text and "Traceback" not in text
@@ -99,7 +100,7 @@ def test_a_bug_in_a_worker_is_one_error_notification(viewer_with_scan, tiny_mode
     segment.model_folder.value = str(tiny_model_dir)
     assert segment.segment() is not None
     # the worker may be done before a waitSignal could connect: wait on the widget's state
-    qtbot.waitUntil(lambda: segment._worker is None and segment.segment_button.enabled, timeout=60_000)
+    qtbot.waitUntil(lambda: segment._worker is None and segment.segment_button.enabled and not turns_pending(), timeout=60_000)
     assert notifications == [("show_error", notifications[0][1])]
     assert "RuntimeError" in notifications[0][1] and "did not expect" in notifications[0][1]
     assert "failed" in segment.status.value

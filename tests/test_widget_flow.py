@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from napari_unet.widgets._common import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE
 
 
@@ -53,7 +54,7 @@ def test_review_and_status_are_live_on_a_freshly_segmented_layer(docked, qtbot):
 
     viewer, segment, tune = docked
     segment.segment_button.clicked.emit()
-    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: segment._worker is None and segment.segment_button.enabled and not turns_pending(), timeout=60_000)
     layer = viewer.layers["scan segmentation"]
     assert tune.labels_layer.value is layer
     tracker = tracker_for(layer)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from napari_unet.widgets._common import turns_pending
 from napari_unet.widgets._review import SCORES_KEY
 from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_SLICE, SegmentWidget
 
@@ -35,7 +36,7 @@ def _use_folder(segment, folder):
 def _segment(qtbot, segment):
     segment.reset_choices()
     assert segment.segment() is not None
-    qtbot.waitUntil(lambda: segment._worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: segment._worker is None and segment.segment_button.enabled and not turns_pending(), timeout=60_000)
     assert "done" in segment.status.value, segment.status.value
 
 

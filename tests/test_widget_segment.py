@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_unet.widgets._common import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_SLICE, SegmentWidget
 
 
@@ -18,7 +19,7 @@ def widget(make_napari_viewer, tiny_model_dir):
 
 
 def _wait(qtbot, w, timeout=60_000):
-    qtbot.waitUntil(lambda: w._worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: w._worker is None and w.segment_button.enabled and not turns_pending(), timeout=timeout)
 
 
 def test_click_segment_makes_a_labels_layer(widget, qtbot, blob_image):
@@ -196,29 +197,55 @@ def test_inline_run_leaves_the_widget_idle(widget, blob_image, monkeypatch):
     assert labels.metadata["napari_unet"]["role"] == "segmentation"
 
 
-def test_result_layer_is_added_unselected_and_selected_a_turn_later(make_napari_viewer, qtbot, monkeypatch):
-    """napari selects a layer as it inserts it; the Segment widget's result is
-    added without that and selected in the next turn of the event loop (two
-    shorter stalls instead of one), and napari's own switch is left as it was."""
+def test_result_layer_is_added_over_later_turns(make_napari_viewer, qtbot, monkeypatch):
+    """napari makes, selects and draws a layer in the call that inserts it;
+    the Segment widget's result is inserted in the next turn of the event
+    loop, hidden, unselected and with its editing overlays off, and shown,
+    selected and given its overlays in the turns after (shorter stalls). The
+    end state is napari's, and napari's own switch is left as it was."""
     from napari.layers import Labels
 
-    from napari_unet.widgets._common import add_layer_unselected, select_soon
+    from napari_unet.widgets._common import add_layer_in_turns
 
     monkeypatch.delenv("NAPARI_UNET_SYNC", raising=False)
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((8, 8), np.float32))
     labels = Labels(np.zeros((8, 8), np.uint8), name="result")
-    add_layer_unselected(viewer, labels)
-    assert labels in viewer.layers
-    assert viewer.layers.selection.active is image
-    select_soon(viewer, labels)
-    assert viewer.layers.selection.active is image  # not in the same turn
-    qtbot.waitUntil(lambda: viewer.layers.selection.active is labels, timeout=5_000)
-    gone = Labels(np.zeros((8, 8), np.uint8), name="gone")
-    add_layer_unselected(viewer, gone)
-    select_soon(viewer, gone)
-    viewer.layers.remove(gone)  # removed before its turn: not selected, nothing raised
-    qtbot.wait(50)
+    added = []
+    add_layer_in_turns(viewer, labels, on_added=added.append)
+    assert labels not in viewer.layers and not added  # not in this turn
+    qtbot.waitUntil(lambda: labels in viewer.layers, timeout=5_000)
+    assert added == [labels]
+    assert viewer.layers.selection.active is image and not labels.visible
+    assert not labels._overlays["polygon"].visible and not labels._overlays["brush_stroke"].visible
+    qtbot.waitUntil(lambda: labels._overlays["brush_stroke"].visible, timeout=5_000)
+    assert labels.visible and labels._overlays["polygon"].visible
     assert viewer.layers.selection.active is labels
+    gone = Labels(np.zeros((8, 8), np.uint8), name="gone")
+    add_layer_in_turns(viewer, gone)
+    qtbot.waitUntil(lambda: gone in viewer.layers, timeout=5_000)
+    viewer.layers.remove(gone)  # removed before its turns: not selected, nothing raised, left whole
+    qtbot.waitUntil(lambda: gone._overlays["brush_stroke"].visible, timeout=5_000)
+    assert gone.visible and viewer.layers.selection.active is not gone
     later = viewer.add_image(np.ones((8, 8), np.float32))
     assert viewer.layers.selection.active is later  # napari still selects what others add
+
+
+def test_a_second_segment_waits_for_the_first_result_layer(make_napari_viewer, qtbot, monkeypatch):
+    """Segment stays off until its result layer is in the list, so a second
+    click reuses that layer instead of adding a twin."""
+    monkeypatch.delenv("NAPARI_UNET_SYNC", raising=False)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="scan")
+    w = SegmentWidget(viewer)
+    w._tile = 32
+    w.reset_choices()
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value.name))
+    w.segment()
+    qtbot.waitUntil(lambda: "scan segmentation" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: w.segment_button.enabled, timeout=5_000)
+    assert not w.cancel_button.enabled
+    w.segment()
+    qtbot.waitUntil(lambda: w.segment_button.enabled and w.status.value.startswith("done"), timeout=60_000)
+    assert inserted == ["scan segmentation"]

@@ -14,6 +14,7 @@ always shows the model the Fine-tune widget just made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from napari_unet.core.tiling import auto_zoom
 from ._common import (
     META_KEY,
     LayerProblem,
-    add_layer_unselected,
+    add_layer_in_turns,
     check_image_layer,
     class_features,
     heavy_imports,
@@ -308,8 +309,11 @@ class SegmentWidget(Container):
         self._job["finished"] = True
         if self._job.get("outcome") is None:
             self.status.value = "cancelled: nothing was changed"
-        self._set_running(False)
         self._worker = None
+        if self._job.get("inserting"):  # the result layer goes in a turn later (_on_inserted)
+            self.cancel_button.enabled = False
+        else:
+            self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
         self.segment_button.enabled = not running
@@ -321,21 +325,26 @@ class SegmentWidget(Container):
         config, labels, plane, source, uncertainty, scores = result
         self._job["outcome"] = "done"
         layer = self._job["layer"]
-        layer_out = self._store_result(layer, config, labels, plane, source)
-        if uncertainty is not None:
-            show_uncertainty(self._viewer, layer, uncertainty, plane, self._job["spatial"], self._job["chunked"])
-        if scores is not None:
-            store_slice_scores(layer_out, scores, plane)  # after the map, so "Review next" sees both
+        job = self._job
+
+        def then(layer_out: Any) -> None:  # once the result layer is in the layer list
+            if uncertainty is not None:  # above the labels, in both modes
+                show_uncertainty(self._viewer, layer, uncertainty, plane, job["spatial"], job["chunked"])
+            if scores is not None:
+                store_slice_scores(layer_out, scores, plane)  # after the map, so "Review next" sees both
+
+        self._store_result(layer, config, labels, plane, source, then)
         where = f"slice {plane}" if plane is not None else "image"
         if isinstance(labels, np.ndarray):
             counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
             self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
         else:
             self.status.value = f"done ({where})"
-        select_soon(self._viewer, layer_out)
 
-    def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None, source: str):
-        """Put the prediction in a Labels layer, never overwriting user edits."""
+    def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None, source: str,
+                      then: Callable[[Any], None] = lambda _layer: None):
+        """Put the prediction in a Labels layer, never overwriting user edits;
+        ``then(layer)`` runs once the layer is in the viewer's list."""
         full_shape = self._job["spatial"]
         meta = {
             "role": "segmentation",
@@ -354,6 +363,7 @@ class SegmentWidget(Container):
                 existing.data[plane] = labels
                 existing.refresh()
             target = existing
+            select_soon(self._viewer, target)
         else:
             if existing is not None:
                 show_info(
@@ -378,7 +388,6 @@ class SegmentWidget(Container):
                 opacity=0.6,
                 metadata=extra,  # the scan's geometry (affine) travels to the writers
             )
-            add_layer_unselected(self._viewer, target)  # selected a turn later: two shorter stalls
             target.events.paint.connect(_mark_edited(target))
             from .corrections import bind_review_key, tracker_for
 
@@ -389,4 +398,22 @@ class SegmentWidget(Container):
             **meta,
             "digest": labels_digest(target.data) if isinstance(target.data, np.ndarray) else None,
         }
+        if target is not existing:
+            # inserted in the next turn of the event loop, shown and selected in
+            # the turns after it; Segment stays off until it is in the list (a
+            # second click must find it and not add a twin)
+            job = self._job
+            job["inserting"] = True
+            add_layer_in_turns(self._viewer, target, on_added=lambda added: self._on_inserted(job, added, then))
+        else:
+            then(target)
         return target
+
+    def _on_inserted(self, job: dict[str, Any], layer: Any, then: Callable[[Any], None]) -> None:
+        job["inserting"] = False
+        try:
+            if layer in self._viewer.layers:
+                then(layer)
+        finally:
+            if job.get("finished") and job is self._job:
+                self._set_running(False)
