@@ -70,10 +70,11 @@ def test_the_window_is_kept_on_a_small_screen_and_fills_it(launched):
     frame = main.frameGeometry()
     assert frame.width() <= area.width() and frame.height() <= area.height()
     assert area.contains(frame)
-    if area.width() <= SMALL_SCREEN:  # a laptop-sized screen: the window takes all its width
+    if area.width() <= SMALL_SCREEN:  # a laptop-sized screen: the window takes all of it
         main.resize(area.width() // 2, area.height() // 2)
         fit_window(launched)
         assert main.frameGeometry().width() == area.width()
+        assert main.frameGeometry().height() == area.height()
 
 
 def test_a_scrolling_dock_widens_with_its_fields(qtbot):
@@ -91,3 +92,28 @@ def test_a_scrolling_dock_widens_with_its_fields(qtbot):
     qtbot.wait(20)
     inner = scroll.widget()
     assert scroll.minimumSizeHint().width() >= inner.minimumSizeHint().width() >= before + 200
+
+
+def test_long_messages_wrap_instead_of_narrowing_the_canvas(make_napari_viewer, qtbot, monkeypatch):
+    """A status line or the review list's title appearing after the first
+    Segment wraps inside the dock; it used to widen the dock, shrinking the
+    canvas (a visible jump, and a relayout in the turn that adds the result)."""
+    from napari_unet.widgets.launch import open_viewer
+
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")
+    viewer = make_napari_viewer(show=True)
+    open_viewer(sample="lesion_scan", viewer=viewer)
+    qtbot.wait(300)  # laid out, and refitted
+    canvas = viewer.window._qt_viewer.canvas.native
+    docks = viewer.window.dock_widgets
+    segment = next(w for k, w in docks.items() if k.startswith("Segment ("))
+    tune = next(w for k, w in docks.items() if k.startswith("Fine-tune ("))
+    before = canvas.width(), segment.native.minimumSizeHint().width(), tune.native.minimumSizeHint().width()
+    segment.status.value = "done (image): tumor 123456 px, nerve 654321 px, vessel 1234567 px"
+    tune.trusted_status.value = "trusted: 1234567 px on 123 slice(s) (1234567 px edited, 123 reviewed)"
+    tune.review_next.title.value = "Review next (most uncertain first), a much longer title than it is:"
+    tune.review_next.visible = True
+    qtbot.wait(50)
+    after = canvas.width(), segment.native.minimumSizeHint().width(), tune.native.minimumSizeHint().width()
+    assert after == before
+    assert tune.trusted_status.native.height() > tune.image.native.height()  # wrapped onto lines

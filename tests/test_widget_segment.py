@@ -211,20 +211,22 @@ def test_result_layer_is_added_over_later_turns(make_napari_viewer, qtbot, monke
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((8, 8), np.float32))
     labels = Labels(np.zeros((8, 8), np.uint8), name="result")
-    added = []
-    add_layer_in_turns(viewer, labels, on_added=added.append)
-    assert labels not in viewer.layers and not added  # not in this turn
-    qtbot.waitUntil(lambda: labels in viewer.layers, timeout=5_000)
-    assert added == [labels]
-    assert viewer.layers.selection.active is image and not labels.visible
-    assert not labels._overlays["polygon"].visible and not labels._overlays["brush_stroke"].visible
+    seen = []  # the state in the turn that inserted it, right after the insertion
+
+    def on_added(layer):
+        overlays = layer._overlays
+        seen.append((layer in viewer.layers, viewer.layers.selection.active, layer.visible,
+                     overlays["polygon"].visible, overlays["brush_stroke"].visible))
+
+    add_layer_in_turns(viewer, labels, on_added=on_added)
+    assert labels not in viewer.layers and not seen  # not in this turn
     qtbot.waitUntil(lambda: labels._overlays["brush_stroke"].visible, timeout=5_000)
+    assert seen == [(True, image, False, False, False)]  # in, unselected, hidden, no overlays
     assert labels.visible and labels._overlays["polygon"].visible
     assert viewer.layers.selection.active is labels
     gone = Labels(np.zeros((8, 8), np.uint8), name="gone")
-    add_layer_in_turns(viewer, gone)
-    qtbot.waitUntil(lambda: gone in viewer.layers, timeout=5_000)
-    viewer.layers.remove(gone)  # removed before its turns: not selected, nothing raised, left whole
+    add_layer_in_turns(viewer, gone, on_added=viewer.layers.remove)  # removed before its other turns
+    qtbot.waitUntil(lambda: gone not in viewer.layers, timeout=5_000)  # then: not selected, nothing raised, whole
     qtbot.waitUntil(lambda: gone._overlays["brush_stroke"].visible, timeout=5_000)
     assert gone.visible and viewer.layers.selection.active is not gone
     later = viewer.add_image(np.ones((8, 8), np.float32))

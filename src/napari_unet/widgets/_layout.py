@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compact_combos", "hide_when_empty", "make_scrollable", "section"]
+__all__ = ["compact_combos", "hide_when_empty", "make_scrollable", "section", "wrap_text"]
 
 # A combobox as wide as its longest entry ("v0003: liver CT, 2nd round (yours,
 # current)") would widen the whole dock; this many characters show, the rest elide.
@@ -41,6 +41,21 @@ def section(title: str, widgets: list[Any], expanded: bool = False) -> Any:
     else:
         box.collapse(animate=False)
     return box
+
+
+# A word-wrapped message line asks for about the width of its text at a third
+# of its height; a long status ("trusted: 12 034 px on 3 slices ...") would
+# widen the dock (and shrink the canvas) when it first appears.
+WRAP_MIN_WIDTH = 120
+
+
+def wrap_text(*labels: Any) -> None:
+    """Let magicgui Labels wrap their text, never asking for more than
+    ``WRAP_MIN_WIDTH`` px of width (an explicit minimum overrides the hint)."""
+    for label in labels:
+        native = getattr(label, "native", label)
+        native.setWordWrap(True)
+        native.setMinimumWidth(WRAP_MIN_WIDTH)
 
 
 def hide_when_empty(label: Any) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from magicgui.widgets import Container, Label
 
 from ._common import META_KEY
+from ._layout import wrap_text
 from .corrections import _unwrap, tracker_for
 
 SCORES_KEY = "napari_unet_slice_uncertainty"
@@ -140,6 +141,7 @@ class ReviewNext(Container):
         self._layer: Any = None
         self._tracker: Any = None
         self.title = Label(value="")
+        wrap_text(self.title)  # wraps instead of widening the dock when it appears
         self.list = QListWidget()
         self.list.setMaximumHeight(5 + TOP * 20)
         self.append(self.title)

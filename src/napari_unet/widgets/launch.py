@@ -66,6 +66,7 @@ def _refit(viewer) -> None:
     try:
         fit_window(viewer)
         fit_docks(viewer)
+        viewer.reset_view()  # the scan fills the canvas at its final size
     except (AttributeError, RuntimeError):  # the window was closed before the timer fired
         pass
 
@@ -75,8 +76,9 @@ def fit_window(viewer) -> None:
     which may be larger than a laptop's 1280x800; then the bottom of the docks
     and the status bar are off screen. A window that does not fit is shrunk to
     the screen's available area, and on a screen up to ``SMALL_SCREEN`` px wide it
-    fills that area (the docks take ~600 px; the image gets the rest). A
-    maximised or full-screen window is left alone."""
+    fills that area, width and height (the docks take ~600 px of the width, the
+    image gets the rest; napari's first-start size is 1280x630 there, and
+    Fine-tune then scrolls). A maximised or full-screen window is left alone."""
     main = viewer.window._qt_window
     screen = main.screen()
     if screen is None or main.isMaximized() or main.isFullScreen():
@@ -85,10 +87,10 @@ def fit_window(viewer) -> None:
     frame = main.frameGeometry()
     extra_w, extra_h = frame.width() - main.width(), frame.height() - main.height()
     small = area.width() <= SMALL_SCREEN
-    if area.contains(frame) and not (small and frame.width() < area.width()):
+    if area.contains(frame) and not (small and (frame.width() < area.width() or frame.height() < area.height())):
         return
     width = area.width() - extra_w if small else min(main.width(), area.width() - extra_w)
-    height = min(main.height(), area.height() - extra_h)
+    height = area.height() - extra_h if small else min(main.height(), area.height() - extra_h)
     main.resize(width, height)
     frame = main.frameGeometry()
     x = min(max(frame.x(), area.x()), area.right() - frame.width() + 1)

@@ -207,8 +207,9 @@ class SegmentWidget(Container):
             [self.image, self.model, self.model_folder, self.device, self.zoom, self.scope, self.show_uncertainty,
              run_row, self.progress, self.status]
         )
-        self.status.native.setWordWrap(True)
-        from ._layout import compact_combos
+        from ._layout import compact_combos, wrap_text
+
+        wrap_text(self.status)
 
         compact_combos(self.image, self.model, self.device)
         self.margins = (4, 4, 4, 4)
