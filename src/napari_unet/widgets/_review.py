@@ -23,7 +23,6 @@ import numpy as np
 from magicgui.widgets import Container, Label
 
 from ._common import META_KEY
-from ._layout import wrap_text
 from .corrections import _unwrap, tracker_for
 
 SCORES_KEY = "napari_unet_slice_uncertainty"
@@ -141,7 +140,7 @@ class ReviewNext(Container):
         self._layer: Any = None
         self._tracker: Any = None
         self.title = Label(value="")
-        wrap_text(self.title)  # wraps instead of widening the dock when it appears
+        self.title.tooltip = "the most uncertain slices not yet reviewed, most uncertain first; a click shows one"
         self.list = QListWidget()
         self.list.setMaximumHeight(5 + TOP * 20)
         self.append(self.title)
@@ -170,15 +169,14 @@ class ReviewNext(Container):
 
         layer, self.entries = self._layer, []
         scores = None if layer is None else layer.metadata.get(SCORES_KEY)
-        if layer is None:
+        # short titles, one line in the narrow dock (a wrapped one was cut off)
+        if layer is None or layer.ndim < 3:  # nothing to rank in a 2D image: no row at all
             text = ""
-        elif layer.ndim < 3:
-            text = "Review next: 2D image, nothing to rank"
         elif not scores or len(scores) != layer.data.shape[0]:
-            text = "Review next: segment the stack to rank its slices"
+            text = "Review next: Segment the stack"
         else:
             self.entries = review_entries(scores, self._tracker.trusted_slices())
-            text = "Review next (most uncertain first):" if self.entries else "Review next: every scored slice is reviewed"
+            text = "Review next:" if self.entries else "Review next: all reviewed"
         self.title.value = text
         self.visible = bool(text)  # no empty rows in the dock
         self.list.clear()
