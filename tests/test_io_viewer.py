@@ -89,7 +89,7 @@ def test_viewer_open_without_plugin_uses_ours_after_first_use(make_napari_viewer
     tiff = tmp_path / "stack.tif"
     import tifffile
 
-    tifffile.imwrite(tiff, np.zeros((3, 8, 8), np.uint16))
+    tifffile.imwrite(tiff, np.zeros((3, 8, 8), np.uint16), photometric="minisblack")  # a stack, not RGB
     [stack] = viewer.open(str(tiff), plugin=None)
     assert stack.metadata["format"] == "tiff"
 
