@@ -260,7 +260,7 @@ def flow(args: argparse.Namespace) -> int:
         quiet = meter.run(lambda: None, lambda: True, 1.0)
         results.append(("start-up: window open, warm-up (no click)", took + quiet[0], max(stall, quiet[1]),
                         max(p99, quiet[2])))
-    from napari_unet.widgets._common import turns_pending
+    from napari_unet.widgets._turns import turns_pending
 
     def segmenting() -> bool:
         """Until the worker ended, the result layer's turns ran, and 0.3 s more (its draws)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.widgets._common import turns_pending
+from napari_unet.widgets._turns import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_unet.widgets._common import turns_pending
+from napari_unet.widgets._turns import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE
 
 

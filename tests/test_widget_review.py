@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_unet.widgets._common import turns_pending
 from napari_unet.widgets._review import SCORES_KEY
+from napari_unet.widgets._turns import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_SLICE, SegmentWidget
 
 NOISY = 4

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.widgets._common import turns_pending
+from napari_unet.widgets._turns import turns_pending
 from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_SLICE, SegmentWidget
 
 
@@ -205,7 +205,7 @@ def test_result_layer_is_added_over_later_turns(make_napari_viewer, qtbot, monke
     end state is napari's, and napari's own switch is left as it was."""
     from napari.layers import Labels
 
-    from napari_unet.widgets._common import add_layer_in_turns
+    from napari_unet.widgets._turns import add_layer_in_turns
 
     monkeypatch.delenv("NAPARI_UNET_SYNC", raising=False)
     viewer = make_napari_viewer()

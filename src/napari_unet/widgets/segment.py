@@ -37,7 +37,6 @@ from napari_unet.core.tiling import auto_zoom
 from ._common import (
     META_KEY,
     LayerProblem,
-    add_layer_in_turns,
     check_image_layer,
     class_features,
     heavy_imports,
@@ -47,12 +46,12 @@ from ._common import (
     rebuild_choices,
     report_failure,
     run_generator,
-    select_soon,
     show_info,
     show_warning,
     warm_up_once,
 )
 from ._review import SCORES_KEY, DiscardMap, empty_map, show_uncertainty, store_slice_scores
+from ._turns import add_layer_in_turns, select_soon
 
 if TYPE_CHECKING:
     import napari
