@@ -24,6 +24,8 @@ _EDITING_OVERLAYS = ("polygon", "brush_stroke")
 # A real timer between the steps (not 0 ms, which Qt runs as a posted event
 # in the same pass): input, painting and other timers get their turn.
 _TURN_MS = 1
+# the timers of steps still to run (a timer without an owner must outlive the call that made it)
+_TIMERS: set[Any] = set()
 
 
 def add_layer_in_turns(viewer: Any, layer: Any, on_added: Callable[[Any], None] | None = None) -> None:
@@ -127,7 +129,7 @@ def _in_turns(steps: list[Callable[[], None]], owner: Any = None) -> None:
     def schedule(parent: Any) -> None:
         timer = QTimer(parent)
         timer.setSingleShot(True)
-        _TIMERS.add(timer)  # a timer without an owner must outlive this call
+        _TIMERS.add(timer)
         timer.timeout.connect(lambda: next_step(timer))
         timer.start(_TURN_MS)
 
@@ -146,9 +148,6 @@ def _in_turns(steps: list[Callable[[], None]], owner: Any = None) -> None:
 
     if steps:
         schedule(owner)
-
-
-_TIMERS: set[Any] = set()
 
 
 def turns_pending() -> bool:

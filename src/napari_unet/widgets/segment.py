@@ -323,9 +323,9 @@ class SegmentWidget(Container):
 
     def _on_result(self, result) -> None:
         config, labels, plane, source, uncertainty, scores = result
-        self._job["outcome"] = "done"
-        layer = self._job["layer"]
         job = self._job
+        job["outcome"] = "done"
+        layer = job["layer"]
 
         def then(layer_out: Any) -> None:  # once the result layer is in the layer list
             if uncertainty is not None:  # above the labels, in both modes
@@ -342,7 +342,7 @@ class SegmentWidget(Container):
             self.status.value = f"done ({where})"
 
     def _store_result(self, image_layer, config, labels: np.ndarray, plane: int | None, source: str,
-                      then: Callable[[Any], None] = lambda _layer: None):
+                      then: Callable[[Any], None]) -> None:
         """Put the prediction in a Labels layer, never overwriting user edits;
         ``then(layer)`` runs once the layer is in the viewer's list."""
         full_shape = self._job["spatial"]
@@ -407,7 +407,6 @@ class SegmentWidget(Container):
             add_layer_in_turns(self._viewer, target, on_added=lambda added: self._on_inserted(job, added, then))
         else:
             then(target)
-        return target
 
     def _on_inserted(self, job: dict[str, Any], layer: Any, then: Callable[[Any], None]) -> None:
         job["inserting"] = False
