@@ -95,7 +95,14 @@ class SimulatorConfig:
     contrast in units of the background's *local* standard deviation around
     the structure (texture and anatomy, within ~6 px): a vessel on a busy
     texture is drawn stronger, so no label marks a structure nobody could see
-    (``(0, 0)`` switches the floor off). ``augment`` switches the geometric and intensity
+    (``(0, 0)`` switches the floor off). ``tumor_texture`` is the range of a
+    lesion's interior texture (a fraction of its contrast); a share
+    ``homogeneous_tumors`` of lesions is drawn near-uniform instead (0-0.05):
+    real masses are often as smooth as the organs around them, and a
+    simulator whose every lesion is mottled teaches that a smooth blob is
+    anatomy (0.9.3: the bundled v3, trained without them, scored tumour Dice
+    0.23 on simulated CT with smooth lesions against 0.45 with mottled ones).
+    ``augment`` switches the geometric and intensity
     augmentation; ``real_backgrounds`` allows scikit-image's CC0 textures.
 
     A fixed *style* (many images from one microscope or scanner, as in a
@@ -120,6 +127,8 @@ class SimulatorConfig:
     max_tumors: int = 3
     tumor_diameter: tuple[float, float] = (0.02, 0.34)
     tumor_contrast: tuple[float, float] = (0.5, 1.2)
+    tumor_texture: tuple[float, float] = (0.15, 0.45)
+    homogeneous_tumors: float = 0.4
     nerve_probability: float = 0.8
     nerve_width: tuple[float, float] = (1.0, 12.0)
     contrast: tuple[float, float] = (0.35, 1.0)
@@ -690,7 +699,10 @@ def _add_tumors(
         inside = np.ones_like(rho)
         if min(rho.shape) > 4:  # heterogeneous interior
             tex = fractal_noise(rng, rho.shape, beta=rng.uniform(1.5, 3.0), cutoff=1.0)
-            inside = inside + rng.uniform(0.15, 0.45) * tex
+            amplitude = rng.uniform(*config.tumor_texture)
+            if config.homogeneous_tumors > 0 and rng.random() < config.homogeneous_tumors:
+                amplitude = rng.uniform(0.0, 0.05)  # near-uniform, as many real masses and nodules are
+            inside = inside + amplitude * tex
         if diameter > 12 and rng.random() < (0.55 if style == "mri" else 0.25):  # necrotic core / enhancing rim
             core = rho < rng.uniform(0.3, 0.7)
             inside = np.where(core, inside * rng.uniform(-0.3, 0.5), inside * rng.uniform(1.0, 1.5))
