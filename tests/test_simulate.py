@@ -227,3 +227,31 @@ def test_a_blob_centred_outside_the_field_has_an_empty_box(center):
     mask, box, rho = _blob_mask(np.random.default_rng(0), (120, 90), center, 5.0, 0.3)
     image = np.zeros((120, 90))
     assert mask.size == 0 and image[box].size == 0
+
+
+def test_homogeneous_lesions_are_smoother_inside_than_mottled_ones():
+    """``homogeneous_tumors`` draws lesions whose interior is near-uniform:
+    relative to their contrast, their inside varies less than the mottled ones'."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    def relative_spread(config: SimulatorConfig) -> float:
+        spreads = []
+        for seed in range(30):
+            image, labels = simulate_scan(seed, (128, 128), "mri", config=config)
+            components, n = ndimage.label(labels == 1)
+            for i in range(1, n + 1):
+                m = components == i
+                inside = ndimage.binary_erosion(m, iterations=2)
+                ring = ndimage.binary_dilation(m, iterations=4) & ~ndimage.binary_dilation(m) & (labels == 0)
+                if inside.sum() >= 40 and ring.sum() >= 20:
+                    contrast = abs(np.median(image[inside]) - np.median(image[ring]))
+                    spreads.append(np.std(image[inside]) / max(contrast, 1e-6))
+        assert len(spreads) >= 10
+        return float(np.median(spreads))
+
+    plain = replace(PLAIN, tumor_probability=1.0, nerve_probability=0.0)
+    smooth = relative_spread(replace(plain, homogeneous_tumors=1.0))
+    mottled = relative_spread(replace(plain, homogeneous_tumors=0.0, tumor_texture=(0.4, 0.45)))
+    assert smooth < 0.6 * mottled, (smooth, mottled)

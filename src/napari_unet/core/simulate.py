@@ -97,8 +97,10 @@ class SimulatorConfig:
     texture is drawn stronger, so no label marks a structure nobody could see
     (``(0, 0)`` switches the floor off). ``tumor_texture`` is the range of a
     lesion's interior texture (a fraction of its contrast); a share
-    ``homogeneous_tumors`` of lesions is drawn near-uniform instead (0-0.05):
-    real masses are often as smooth as the organs around them, and a
+    ``homogeneous_tumors`` of lesions is drawn as a solid mass instead: it
+    replaces the tissue it grows in by one near-uniform level (texture
+    0-0.05), where the others add their contrast to the anatomy underneath.
+    Real masses are often as smooth as the organs around them, and a
     simulator whose every lesion is mottled teaches that a smooth blob is
     anatomy (0.9.3: the bundled v3, trained without them, scored tumour Dice
     0.23 on simulated CT with smooth lesions against 0.45 with mottled ones).
@@ -696,14 +698,17 @@ def _add_tumors(
                 sign, unit = 1.0, float(unit_map[iy, ix])
         contrast = sign * rng.uniform(*config.tumor_contrast) * unit
         contrast = _visible_amplitude(rng, image, box, mask, contrast, config, _gain(image, rgb_tint))
+        # a solid mass replaces the tissue it grows in (one level, near-uniform,
+        # as many real masses and nodules are); the others add to it, mottled
+        solid = config.homogeneous_tumors > 0 and rng.random() < config.homogeneous_tumors
         inside = np.ones_like(rho)
         if min(rho.shape) > 4:  # heterogeneous interior
             tex = fractal_noise(rng, rho.shape, beta=rng.uniform(1.5, 3.0), cutoff=1.0)
             amplitude = rng.uniform(*config.tumor_texture)
-            if config.homogeneous_tumors > 0 and rng.random() < config.homogeneous_tumors:
-                amplitude = rng.uniform(0.0, 0.05)  # near-uniform, as many real masses and nodules are
+            if solid:
+                amplitude = rng.uniform(0.0, 0.05)
             inside = inside + amplitude * tex
-        if diameter > 12 and rng.random() < (0.55 if style == "mri" else 0.25):  # necrotic core / enhancing rim
+        if not solid and diameter > 12 and rng.random() < (0.55 if style == "mri" else 0.25):  # necrotic core / rim
             core = rho < rng.uniform(0.3, 0.7)
             inside = np.where(core, inside * rng.uniform(-0.3, 0.5), inside * rng.uniform(1.0, 1.5))
         if style == "mri" and rng.random() < 0.4 and image.ndim == 2:
@@ -718,10 +723,17 @@ def _add_tumors(
             # keep the labelled core clearly visible
             weight = np.maximum(weight, 0.6 * mask)
         delta = (contrast * inside * weight).astype(np.float32)
+        if solid:  # the level of the tissue it grows in (not of the air or bone it overlaps)
+            grows_in = mask & region[box]
+            level = np.median(image[box][grows_in if grows_in.any() else mask], axis=0).astype(np.float32)
         if image.ndim == 3:
             tint = rgb_tint if rgb_tint is not None else np.ones(3, np.float32)
+            if solid:
+                image[box] += weight[..., None] * (level - image[box])
             image[box] += delta[..., None] * tint
         else:
+            if solid:
+                image[box] += weight * (level - image[box])
             image[box] += delta
         labels[box][mask] = TUMOR
 
