@@ -685,6 +685,11 @@ def _add_tumors(
         mask, box, rho = _blob_mask(
             rng, (h, w), c, diameter / 2, rng.uniform(0.1, 0.9),
             elongation=rng.uniform(1.0, 1.8), angle=rng.uniform(0, np.pi))
+        if mask.size:  # a lesion grows in tissue, not in the air or bone beside it; in CT, in
+            # the tissue of its centre (a soft-tissue lesion stops at the lung, a nodule at the wall)
+            iy, ix = min(max(int(c[0]), 0), h - 1), min(max(int(c[1]), 0), w - 1)
+            grows = region[box] if unit_map is None else unit_map[box] == unit_map[iy, ix]
+            mask = mask & grows
         if not mask.any():
             continue
         # MRI: most tumour scans are T1 post-contrast, T2 or FLAIR, where lesions are bright
@@ -692,7 +697,6 @@ def _add_tumors(
         sign = float(config.tumor_sign) if config.tumor_sign is not None else sign
         unit = scale
         if unit_map is not None:
-            iy, ix = min(int(c[0]), h - 1), min(int(c[1]), w - 1)
             unit = float(unit_map[iy, ix]) * rng.uniform(0.25, 1.0)
             if brighter is not None and brighter[iy, ix]:
                 sign, unit = 1.0, float(unit_map[iy, ix])
