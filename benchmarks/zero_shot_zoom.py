@@ -42,6 +42,13 @@ ZOOMS = (0.5, 1.0, 1.5, 2.0, 2.5)
 SIZE_BINS = ((0, 10), (10, 20), (20, 35), (35, 60), (60, 10_000))
 
 
+def lesion_rank(probability: np.ndarray, lesion: np.ndarray) -> float:
+    """Share of the voxels outside ``lesion`` whose ``probability`` is above the
+    lesion's median: 0 when the lesion ranks above everything, about 0.5 when
+    the model cannot tell it from the rest, near 1 when it ranks below it."""
+    return float((probability[~lesion] > np.median(probability[lesion])).mean())
+
+
 def _predict(model, volume: np.ndarray, zoom: float):
     from napari_unet.core.normalize import intensity_ranges
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
@@ -64,7 +71,7 @@ def real_rows(model, data: Path, cases, zooms) -> list[dict]:
                    "held_out_dice": dice(result.labels[median:], truth[median:]),
                    "dice": dice(result.labels, truth),
                    "p_inside": float(p[lesion].mean()),
-                   "rank": float((p[~lesion] > np.median(p[lesion])).mean()),
+                   "rank": lesion_rank(p, lesion),
                    "tumour_voxels": int((result.labels == TUMOUR).sum())}
             rows.append(row)
             print(f"  {name:8s} zoom {zoom:4.2f}: held-out Dice {row['held_out_dice']:.3f}, "
