@@ -331,8 +331,9 @@ def run_case_suggested(name: str, args, base) -> dict:
             mask = np.zeros(truth.shape, bool)
             mask[reviewed] = True
             start_from = base if args.rounds_from == "base" else model
+            options = args.finetune_options if i == 0 else args.later_options
             result = finetune(volume, truth, mask, start_from, max_seconds=args.seconds, device="cpu",
-                              seed=args.seed, options=args.finetune_options, return_result=True)
+                              seed=args.seed, options=options, return_result=True)
             model = result.model
             rounds.append({"picked": picked, "tumour_in_picked": int(truth[picked].sum()),
                            "steps": result.steps, "stop": result.stop_reason})
@@ -497,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds-from", choices=("last", "base"), default="last",
                         help="suggested strategy: each round continues the last round's model (as the "
                              "widget does) or starts again from the starting model with every correction so far")
+    parser.add_argument("--later-options", default=None, metavar="JSON",
+                        help="suggested strategy: FinetuneOptions fields for the rounds after the first, "
+                             "over --options (e.g. '{\"lr\": 3e-4}': a gentler continuing round)")
     parser.add_argument("--curve", type=Path, default=None,
                         help="with --strategy both: write a plot of Dice against corrected slices")
     args = parser.parse_args(argv)
@@ -517,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
         args.finetune_options = FinetuneOptions(**_options(json.loads(args.options)))
     except (ValueError, TypeError) as exc:
         print(f"--options: {exc}", file=sys.stderr)
+        return 2
+    try:
+        later = {**json.loads(args.options), **json.loads(args.later_options or "{}")}
+        args.later_options = FinetuneOptions(**_options(later))
+    except (ValueError, TypeError) as exc:
+        print(f"--later-options: {exc}", file=sys.stderr)
         return 2
     if args.picture and args.save_models is None:
         args.save_models = ROOT / ".cache" / "bench_hitl_real_models"

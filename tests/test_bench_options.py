@@ -37,3 +37,10 @@ def test_bad_augment_value_is_a_value_error(bench):
 def test_main_reports_bad_options_without_traceback(bench, tmp_path, capsys):
     assert bench.main(["--data", str(tmp_path), "--options", '{"augment": {"scale_prob": 2}}']) == 2
     assert "--options" in capsys.readouterr().err
+
+
+def test_bad_later_options_are_a_one_line_error(bench, tmp_path, capsys):
+    assert bench.main(["--data", str(tmp_path), "--later-options", '{"lr": "fast"']) == 2
+    assert "--later-options" in capsys.readouterr().err
+    assert bench.main(["--data", str(tmp_path), "--later-options", '{"augment": {"scale_prob": 2}}']) == 2
+    assert "--later-options" in capsys.readouterr().err
