@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -99,3 +100,17 @@ def ramp_network(monkeypatch):
             yield index, np.stack([1 - tumour, tumour, np.zeros_like(tumour)])
 
     monkeypatch.setattr(predict_module, "predict_planes", planes_by_ramp)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("bench_hitl_real")``: a script in ``benchmarks/`` as a module."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

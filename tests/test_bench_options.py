@@ -1,22 +1,14 @@
 """The real-scan benchmark's ``--options`` parsing (an ``augment`` dict over the light preset)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.finetune import FinetuneOptions
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hitl_real.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_hitl_real", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_hitl_real")
 
 
 def test_augment_dict_changes_only_named_fields(bench):

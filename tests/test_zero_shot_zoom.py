@@ -1,20 +1,12 @@
 """The zero-shot zoom benchmark's ranking measure and its bad-input handling."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "zero_shot_zoom.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("zero_shot_zoom", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("zero_shot_zoom")
 
 
 def test_lesion_rank_separates_found_chance_and_reversed(bench):
