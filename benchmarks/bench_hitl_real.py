@@ -243,6 +243,7 @@ def run_case(name: str, args, base) -> dict:
                 slices=chosen,
                 seconds=round(time.perf_counter() - start, 1),
                 steps=result.steps,
+                planned=result.train.planned_steps,
                 stop=result.stop_reason,
                 val_before=result.val_dice_before,
                 val_after=result.val_dice_after,
@@ -336,7 +337,8 @@ def run_case_suggested(name: str, args, base) -> dict:
                               seed=args.seed, options=options, return_result=True)
             model = result.model
             rounds.append({"picked": picked, "tumour_in_picked": int(truth[picked].sum()),
-                           "steps": result.steps, "stop": result.stop_reason})
+                           "steps": result.steps, "planned": result.train.planned_steps,
+                           "stop": result.stop_reason})
         row = {"k": k, "strategy": "suggested", "slices": sorted(reviewed), "rounds": rounds,
                "seconds": round(time.perf_counter() - start, 1),
                "scratch": None}

@@ -246,3 +246,74 @@ def test_keep_last_returns_the_end_of_the_schedule_and_its_validation(tiny_model
     assert result.best_val_dice == pytest.approx(events[-1].val_dice)
     with pytest.raises(ValueError, match="keep"):
         TrainOptions(max_steps=1, keep="median")
+
+
+class JitteryClock:
+    """A fake clock: every reading advances 10 ms plus a seeded random jitter,
+    as a busy machine's steps vary in length."""
+
+    def __init__(self, seed: int):
+        self.now, self.rng = 0.0, np.random.default_rng(seed)
+
+    def __call__(self) -> float:
+        self.now += 0.01 + 0.002 * float(self.rng.random())
+        return self.now
+
+
+def test_a_planned_time_budget_trains_the_same_model_whatever_the_clock(tiny_model, monkeypatch):
+    """``plan_after`` turns the time budget into a step count once; from then
+    on the clock's jitter no longer changes the learning rate, so two runs
+    that plan the same count return identical weights. Without the plan they
+    differ (the schedule follows the clock)."""
+    import napari_unet.core.train as train
+
+    def options(plan_after):
+        return TrainOptions(max_steps=None, max_seconds=1.0, plan_after=plan_after, keep="last",
+                            **{**FAST, "val_every": 5})
+
+    def run(plan_after, clock_seed):
+        monkeypatch.setattr(train, "_clock", JitteryClock(clock_seed))
+        events = []
+        result = run_training(copy_model(tiny_model), toy_sampler, None, options(plan_after),
+                              callback=events.append)
+        return result, events
+
+    (a, events), (b, _) = run(5, 1), run(5, 2)
+    assert a.planned_steps == b.planned_steps and a.planned_steps % 5 == 0
+    assert a.steps == a.planned_steps and a.stop_reason == "time"
+    # after the plan the schedule is the step count's: the last step runs near the floor
+    expected = FAST["lr"] * train._lr_factor(options(5), a.steps - 1, 0.0, a.steps)
+    assert events[-1].lr == pytest.approx(expected)
+    for key, value in a.model.net.state_dict().items():
+        assert torch.equal(value, b.model.net.state_dict()[key]), key
+    (c, _), (d, _) = run(None, 1), run(None, 2)
+    assert c.planned_steps is None
+    assert any(not torch.equal(v, d.model.net.state_dict()[k]) for k, v in c.model.net.state_dict().items()
+               if v.is_floating_point())
+
+
+def test_a_plan_never_outruns_a_slowing_machine(tiny_model, monkeypatch):
+    """A plan made on fast first steps still ends at ``plan_slack`` x the budget."""
+    import napari_unet.core.train as train
+
+    class Slowing:
+        def __init__(self):
+            self.now, self.calls = 0.0, 0
+
+        def __call__(self):
+            self.calls += 1
+            self.now += 0.01 if self.calls < 40 else 0.2
+            return self.now
+
+    monkeypatch.setattr(train, "_clock", Slowing())
+    options = TrainOptions(max_steps=None, max_seconds=1.0, plan_after=5, **{**FAST, "val_every": 5})
+    result = run_training(copy_model(tiny_model), toy_sampler, None, options)
+    assert result.planned_steps is not None and result.steps < result.planned_steps
+    assert result.stop_reason == "time" and result.seconds < 1.5 + 0.5
+
+
+def test_plan_options_are_checked():
+    with pytest.raises(ValueError, match="plan_after"):
+        TrainOptions(max_steps=1, plan_after=0)
+    with pytest.raises(ValueError, match="plan_slack"):
+        TrainOptions(max_steps=1, plan_slack=0.5)

@@ -141,6 +141,14 @@ class FinetuneOptions:
     #: k = 1/3/10 and lung2 at k = 3/10 from 0.33/0.54 to 0.03/0.01, with far
     #: more liberal raw predictions: off by default (docs/finetune.md)
     reset_head: bool = False
+    #: turn the time budget into a step count after this many steps (at the
+    #: speed of the steps since the 10th;
+    #: :attr:`~napari_unet.core.train.TrainOptions.plan_after`), so the
+    #: schedule follows steps and not the clock: a round that plans the same
+    #: steps on the same corrections returns the same model. ``None``: the clock
+    #: drives the schedule (before 0.9.4, when the same lung2 round scored 0.475
+    #: in one run and 0.834 in another)
+    plan_after: int | None = 30
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -931,6 +939,7 @@ def finetune_iter(
         keep=keep,
         class_weight=None if options.foreground_weight == 1.0 else
         (1.0,) + (float(options.foreground_weight),) * (arch.num_classes - 1),
+        plan_after=options.plan_after,
     )
     result = yield from train_iter(new, sampler, validation or None, train_options, stop=stop)
     if converted and validation and result.initial_val_dice is not None:

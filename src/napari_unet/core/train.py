@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 SampleBatch = Callable[[np.random.Generator, int], Batch]
 
+#: The training loop's clock (a module attribute, so a test can replace it).
+_clock = time.perf_counter
+
 #: Stop after this many consecutive steps with a non-finite loss.
 MAX_BAD_STEPS = 20
 
@@ -123,6 +126,16 @@ class TrainOptions:
     keep: str = "best"
     #: cross-entropy weight of each class (``None``: equal)
     class_weight: tuple[float, ...] | None = None
+    #: with a time budget, after this many steps the budget becomes a fixed
+    #: step count: the steps that fit in ``max_seconds`` at the speed of the
+    #: steps since the first third of these (validation included), rounded down
+    #: to a multiple of ``val_every``. Until then the rate stays at its peak and
+    #: afterwards the schedule follows the steps, not the clock, so two runs
+    #: that plan the same count train the same model. ``None``: the clock
+    #: drives the schedule.
+    plan_after: int | None = None
+    #: a planned run that slows down still stops at this multiple of ``max_seconds``
+    plan_slack: float = 1.5
 
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
@@ -147,6 +160,10 @@ class TrainOptions:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+        if self.plan_after is not None and self.plan_after < 1:
+            raise ValueError(f"plan_after must be >= 1 or None, got {self.plan_after}")
+        if self.plan_slack < 1.0:
+            raise ValueError(f"plan_slack must be >= 1, got {self.plan_slack}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +213,8 @@ class TrainResult:
     precision: str = "float32"
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    #: the time budget as a step count (``plan_after``), ``None`` when not planned
+    planned_steps: int | None = None
 
 
 # ------------------------------------------------------------------- helpers
@@ -285,11 +304,14 @@ SOFT_GAIN = 0.02
 LOSS_PROGRESS = 0.02
 
 
-def _lr_factor(options: TrainOptions, step: int, elapsed: float) -> float:
+def _lr_factor(options: TrainOptions, step: int, elapsed: float, planned: int | None = None) -> float:
     """Multiplier of ``options.lr`` before ``step`` (0-based) at ``elapsed`` seconds.
 
     Warm-up and schedule count from ``options.start_step``: a resumed run
     (a new training stage) warms up again and anneals over its own steps.
+    ``planned`` (a time budget turned into steps, see ``plan_after``) makes
+    the schedule follow the steps only; until the plan is made, a run with
+    ``plan_after`` stays at the peak rate, so the clock never moves it.
     """
     local = step - options.start_step
     if options.warmup_steps and local < options.warmup_steps:
@@ -299,10 +321,13 @@ def _lr_factor(options: TrainOptions, step: int, elapsed: float) -> float:
     if options.schedule == "constant":
         return warm
     progress = 0.0
-    if options.max_steps:
-        progress = max(progress, local / max(options.max_steps - options.start_step, 1))
-    if options.max_seconds:
-        progress = max(progress, elapsed / options.max_seconds)
+    if planned is not None:
+        progress = local / max(planned - options.start_step, 1)
+    else:
+        if options.max_steps:
+            progress = max(progress, local / max(options.max_steps - options.start_step, 1))
+        if options.max_seconds and options.plan_after is None:
+            progress = max(progress, elapsed / options.max_seconds)
     progress = min(1.0, progress)
     low = options.min_lr_ratio
     return warm * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress)))
@@ -378,7 +403,7 @@ def train_iter(
     optimizer = torch.optim.AdamW(groups, lr=options.lr, weight_decay=options.weight_decay)
     class_weight = None if options.class_weight is None else torch.tensor(options.class_weight, device=device)
 
-    start = time.perf_counter()
+    start = _clock()
     history: list[TrainEvent] = []
     best_state = _snapshot(net)
     best_score = -math.inf  # higher is better: validation Dice, or minus the smoothed loss
@@ -394,6 +419,26 @@ def train_iter(
 
     best_soft = -math.inf
     best_loss = math.inf
+    planned: int | None = None  # the time budget as a step count, once measured
+    plan_mark: tuple[int, float] | None = None  # (local step, seconds) where the speed is measured from
+
+    def time_limit() -> float | None:
+        if options.max_seconds is None:
+            return None
+        return options.max_seconds * (options.plan_slack if planned is not None else 1.0)
+
+    def make_plan() -> int:
+        """The step count that fits the time budget: the steps so far plus
+        what the rest of the budget holds at the speed of the steps since the
+        mark (after the first third: warm-up costs left out, validation in),
+        rounded down to a multiple of ``val_every``."""
+        local, now = step - options.start_step, _clock() - start
+        mark_step, mark_time = plan_mark if plan_mark is not None else (0, 0.0)
+        per_step = (now - mark_time) / max(local - mark_step, 1)
+        fit = local + int(max(options.max_seconds - now, 0.0) / max(per_step, 1e-9))
+        total = options.start_step + max(local, fit // options.val_every * options.val_every)
+        return total if options.max_steps is None else min(total, options.max_steps)
+
 
     def evaluate() -> tuple[float, float]:
         scores = validation_scores(model, validation, device, dtype)
@@ -452,11 +497,14 @@ def train_iter(
             elif options.initial_is_candidate and consider(initial_val, step, initial_soft):
                 best_val = initial_val
         while True:
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
             if options.max_steps is not None and step >= options.max_steps:
                 stop_reason = "steps"
                 break
-            if options.max_seconds is not None and elapsed >= options.max_seconds:
+            if planned is not None and step >= planned:
+                stop_reason = "time"
+                break
+            if options.max_seconds is not None and elapsed >= time_limit():
                 stop_reason = "time"
                 break
             if stop is not None and stop():
@@ -466,7 +514,7 @@ def train_iter(
                     if consider(val, step, soft):
                         best_val = val
                 break
-            lr = options.lr * _lr_factor(options, step, elapsed)
+            lr = options.lr * _lr_factor(options, step, elapsed, planned)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             try:
@@ -513,11 +561,18 @@ def train_iter(
                 continue
             step += 1
             smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
+            if planned is None and options.plan_after is not None and options.max_seconds is not None:
+                if plan_mark is None and step - options.start_step >= options.plan_after // 3:
+                    plan_mark = (step - options.start_step, _clock() - start)
+                if step - options.start_step >= options.plan_after:
+                    planned = make_plan()
 
             val: float | None = None
             improved = False
-            last = (options.max_steps is not None and step >= options.max_steps) or (
-                options.max_seconds is not None and time.perf_counter() - start >= options.max_seconds
+            last = (
+                (options.max_steps is not None and step >= options.max_steps)
+                or (planned is not None and step >= planned)
+                or (options.max_seconds is not None and _clock() - start >= time_limit())
             )
             if step % options.val_every == 0 or last:
                 falling = loss_still_falling()
@@ -537,7 +592,7 @@ def train_iter(
             event = TrainEvent(
                 step=step,
                 max_steps=options.max_steps,
-                elapsed=time.perf_counter() - start,
+                elapsed=_clock() - start,
                 loss=loss_value,
                 lr=lr,
                 val_dice=val,
@@ -572,7 +627,7 @@ def train_iter(
             p.requires_grad_(requires_grad.get(name, True))
         net.eval()
 
-    seconds = time.perf_counter() - start
+    seconds = _clock() - start
     if checkpoint is not None and history:
         checkpoint(model, history[-1])
     return TrainResult(
@@ -587,6 +642,7 @@ def train_iter(
         precision=str(dtype).replace("torch.", ""),
         device=device.type,
         notes=notes,
+        planned_steps=planned,
     )
 
 
