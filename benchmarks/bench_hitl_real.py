@@ -307,8 +307,9 @@ def pool_scores(model, volume: np.ndarray, median: int, truth: np.ndarray | None
 
 def run_case_suggested(name: str, args, base) -> dict:
     """The ``suggested`` strategy: rounds of predict -> correct the most
-    uncertain unreviewed pool slices -> fine-tune (from the last round's
-    model, as a user continues with their model), the same seconds per round.
+    uncertain unreviewed pool slices -> fine-tune (``--rounds-from base``, the
+    default: the starting model again on every correction so far, as the
+    widget does; ``last``: the last round's model), the same seconds per round.
 
     With ``--first user`` (the default) the first round's slice is the one
     the user picks, where they see the lesion (the ``even`` k=1 slice), and
@@ -497,9 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="suggested: rank by the plain slice score, not the doubt near the corrected lesion first")
     parser.add_argument("--first", choices=("user", "list"), default="user",
                         help="suggested strategy: the first slice is the user's (the even k=1 slice) or the list's")
-    parser.add_argument("--rounds-from", choices=("last", "base"), default="last",
-                        help="suggested strategy: each round continues the last round's model (as the "
-                             "widget does) or starts again from the starting model with every correction so far")
+    parser.add_argument("--rounds-from", choices=("last", "base"), default="base",
+                        help="suggested strategy: each round starts again from the starting model with every "
+                             "correction so far (as the widget does since 0.9.4), or continues the last round's model")
     parser.add_argument("--later-options", default=None, metavar="JSON",
                         help="suggested strategy: FinetuneOptions fields for the rounds after the first, "
                              "over --options (e.g. '{\"lr\": 3e-4}': a gentler continuing round)")

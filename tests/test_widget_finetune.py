@@ -363,3 +363,45 @@ def test_the_widen_tooltip_states_the_threshold_the_round_uses(make_napari_viewe
 
     widget = FinetuneWidget(make_napari_viewer())
     assert f"at least {round(100 * GROW_PROBABILITY)} %" in widget.widen.tooltip
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_later_round_retrains_the_first_model_on_every_correction(scene, sync, monkeypatch, tiny_model_dir,
+                                                                    restart):
+    """By default a second round starts again from the model the layer was
+    segmented with (and is compared with the model the user has now); with
+    the box off it continues the last round's model."""
+    from pathlib import Path
+
+    import napari_unet.core.finetune as core
+
+    _, _, labels, widget = scene
+    widget.restart.value = restart
+    _paint_disc(labels)
+    widget.finetune()
+    first = widget.store.list_versions()[0]
+    assert labels.metadata["napari_unet"]["model"] == str(first.path)
+
+    seen = []
+    real = core.finetune_iter
+
+    def spy(image, labels_, trusted, model, **kwargs):
+        seen.append((model, kwargs.get("reference")))
+        return real(image, labels_, trusted, model, **kwargs)
+
+    monkeypatch.setattr(core, "finetune_iter", spy)
+    labels.brush_size = 9
+    labels.paint((60, 60), 1)
+    widget.finetune()
+    (model, reference), = seen
+    second = widget.store.list_versions()[-1]
+    assert second.id != first.id
+    if restart:
+        assert Path(model.source) == Path(tiny_model_dir)
+        assert Path(reference.source) == first.path
+    else:
+        assert Path(model.source) == first.path and reference is None
+    from napari_unet.core.weights import load_model
+
+    provenance = load_model(second.path).config.provenance
+    assert ("compared_with" in provenance) is restart

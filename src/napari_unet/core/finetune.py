@@ -142,7 +142,7 @@ class FinetuneOptions:
     #: more liberal raw predictions: off by default (docs/finetune.md)
     reset_head: bool = False
     #: turn the time budget into a step count after this many steps (at the
-    #: speed of the steps since the 10th;
+    #: speed of the steps since the warm-up: 25 steps, one hard-pixel refresh;
     #: :attr:`~napari_unet.core.train.TrainOptions.plan_after`), so the
     #: schedule follows steps and not the clock: a round that plans the same
     #: steps on the same corrections returns the same model. ``None``: the clock
@@ -822,6 +822,7 @@ def finetune_iter(
     add_classes: bool = False,
     options: FinetuneOptions | None = None,
     stop: Callable[[], bool] | None = None,
+    reference: SegmentationModel | None = None,
 ) -> Generator[TrainEvent, None, FinetuneResult]:
     """Fine-tune a copy of ``model`` on the trusted pixels, one event per step.
 
@@ -844,6 +845,10 @@ def finetune_iter(
         stop: asked before every step; once it returns True the round ends
             gracefully and returns the best weights so far
             (``stop_reason="cancelled"``).
+        reference: the model the result is compared with ("before", and the
+            regression check); default ``model``. A round that retrains the
+            session's starting model on every correction so far passes the
+            model the user has now, so "better" means better than that.
 
     Yields:
         :class:`~napari_unet.core.train.TrainEvent` after every step (closing
@@ -942,11 +947,13 @@ def finetune_iter(
         plan_after=options.plan_after,
     )
     result = yield from train_iter(new, sampler, validation or None, train_options, stop=stop)
-    if converted and validation and result.initial_val_dice is not None:
-        # the round started from an instance-norm copy: "before" is the base as it was
+    compared = reference if reference is not None else base
+    if (converted or reference is not None) and validation and result.initial_val_dice is not None and not extra:
+        # "before" is the compared model as it is (the round may have started
+        # from an instance-norm copy, or from another model)
         from .train import validation_dice
 
-        result.initial_val_dice = validation_dice(base, validation, "cpu") if not extra else result.initial_val_dice
+        result.initial_val_dice = validation_dice(compared, validation, "cpu")
     new.net.to("cpu")
     seconds = time.perf_counter() - start
 
@@ -955,6 +962,7 @@ def finetune_iter(
         "kind": "finetune",
         "base_model": base.config.name,
         "base_source": base.source,
+        **({"compared_with": reference.config.name} if reference is not None else {}),
         "trusted_pixels": trusted,
         "slices": len(corrections),
         "replay_slices": len(entries),
@@ -994,7 +1002,7 @@ def finetune_iter(
         blind_classes=list(blind),
     )
     if blind:  # the held-back pixels cannot judge these classes: how well do they fit?
-        finished.fit_before = corrections_fit(base.net, entries, blind)
+        finished.fit_before = corrections_fit(compared.net, entries, blind)
         finished.fit_after = corrections_fit(new.net, entries, blind)
         provenance["blind_classes"] = list(blind)
         provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
@@ -1032,6 +1040,7 @@ def finetune(
     events: Callable[[TrainEvent], object] | None = None,
     stop: Callable[[], bool] | None = None,
     return_result: bool = False,
+    reference: SegmentationModel | None = None,
 ) -> SegmentationModel | FinetuneResult:
     """Fine-tune and return the new model (or the full :class:`FinetuneResult`
     with ``return_result=True``); ``events`` receives every
@@ -1049,6 +1058,7 @@ def finetune(
         add_classes=add_classes,
         options=options,
         stop=stop,
+        reference=reference,
     )
     from .predict import run_to_end
 

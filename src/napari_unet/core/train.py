@@ -128,8 +128,8 @@ class TrainOptions:
     class_weight: tuple[float, ...] | None = None
     #: with a time budget, after this many steps the budget becomes a fixed
     #: step count: the steps that fit in ``max_seconds`` at the speed of the
-    #: steps since the first third of these (validation included), rounded down
-    #: to a multiple of ``val_every``. Until then the rate stays at its peak and
+    #: steps since the warm-up (validation included), rounded to the nearest
+    #: multiple of ``val_every``. Until then the rate stays at its peak and
     #: afterwards the schedule follows the steps, not the clock, so two runs
     #: that plan the same count train the same model. ``None``: the clock
     #: drives the schedule.
@@ -430,13 +430,13 @@ def train_iter(
     def make_plan() -> int:
         """The step count that fits the time budget: the steps so far plus
         what the rest of the budget holds at the speed of the steps since the
-        mark (after the first third: warm-up costs left out, validation in),
-        rounded down to a multiple of ``val_every``."""
+        mark (the end of the warm-up: first-step costs left out, validation
+        in), rounded to the nearest multiple of ``val_every``."""
         local, now = step - options.start_step, _clock() - start
         mark_step, mark_time = plan_mark if plan_mark is not None else (0, 0.0)
         per_step = (now - mark_time) / max(local - mark_step, 1)
-        fit = local + int(max(options.max_seconds - now, 0.0) / max(per_step, 1e-9))
-        total = options.start_step + max(local, fit // options.val_every * options.val_every)
+        fit = local + max(options.max_seconds - now, 0.0) / max(per_step, 1e-9)
+        total = options.start_step + max(local, round(fit / options.val_every) * options.val_every)
         return total if options.max_steps is None else min(total, options.max_steps)
 
 
@@ -562,7 +562,10 @@ def train_iter(
             step += 1
             smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
             if planned is None and options.plan_after is not None and options.max_seconds is not None:
-                if plan_mark is None and step - options.start_step >= options.plan_after // 3:
+                mark_at = options.warmup_steps
+                if mark_at >= options.plan_after:
+                    mark_at = options.plan_after // 2
+                if plan_mark is None and step - options.start_step >= mark_at:
                     plan_mark = (step - options.start_step, _clock() - start)
                 if step - options.start_step >= options.plan_after:
                     planned = make_plan()

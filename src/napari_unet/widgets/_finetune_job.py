@@ -31,6 +31,7 @@ class FinetuneRequest:
     labels: np.ndarray
     trusted: np.ndarray
     rgb: bool
+    #: the model the user has now: the new version's parent, and what it is compared with
     base_model: str | None
     max_seconds: float
     max_steps: int | None = None
@@ -51,6 +52,10 @@ class FinetuneRequest:
     #: and widen the kept regions with less certain pixels connected to them
     #: (:data:`napari_unet.core.postprocess.GROW_PROBABILITY`)
     widen: bool = True
+    #: train from this model (the one the layer's first round started from;
+    #: "": the default bundled model) on every correction so far, instead of
+    #: continuing ``base_model``; ``None``: continue ``base_model``
+    start_model: str | None = None
 
 
 @dataclass
@@ -124,15 +129,24 @@ def finetune_job(
 
     start = time.perf_counter()
     yield ("status", "loading model…")
+    restart = request.start_model is not None and request.start_model != (request.base_model or "")
     with heavy_imports():
-        model = load_model(request.base_model, device="cpu")
+        model = current = load_model(request.base_model, device="cpu")
+        if restart:
+            try:
+                model = load_model(request.start_model or None, device="cpu")
+            except (OSError, ValueError) as exc:  # gone or broken: continue the current model
+                yield ("status", f"the first model cannot be loaded ({exc}); continuing the current one")
+                restart = False
+    if restart and {c.id for c in current.config.classes} - {c.id for c in model.config.classes}:
+        model, restart = current, False  # the current model learnt classes the first lacks: keep them
     known = {c.id for c in model.config.classes}
     used = {int(v) for v in np.unique(request.labels[request.trusted])}
     missing = tuple(sorted(used - known))
     if missing and not request.add_classes:
         return FinetuneOutcome("classes", missing_classes=missing, model_classes=tuple(sorted(known)))
 
-    yield ("status", "fine-tuning…")
+    yield ("status", "retraining the first model on every correction…" if restart else "fine-tuning…")
     kwargs: dict[str, Any] = {
         "max_seconds": request.max_seconds,
         "steps": request.max_steps,
@@ -143,6 +157,8 @@ def finetune_job(
     }
     if request.lr is not None:
         kwargs["options"] = FinetuneOptions(lr=request.lr)
+    if restart:
+        kwargs["reference"] = current  # "better" means better than the model the user has now
     graceful = _accepts(finetune_iter, "stop")
     if graceful:
         kwargs["stop"] = cancel.is_set

@@ -129,7 +129,15 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             "class, join it (never across a pixel you trusted); off: the model's plain labels",
         )
         self.keep_connected.changed.connect(lambda value: setattr(self.widen, "enabled", bool(value)))
-        self.advanced = Container(widgets=[self.steps, self.device, self.seed, self.keep_connected, self.widen])
+        self.restart = CheckBox(
+            text="each round retrains the first model on all corrections", value=True,
+            tooltip="on: every round starts again from the model this layer was segmented with, and "
+            "learns every correction so far (continuing the last round's model undid earlier rounds "
+            "on real scans); off: each round continues the last round's model",
+        )
+        self.advanced = Container(
+            widgets=[self.steps, self.device, self.seed, self.restart, self.keep_connected, self.widen]
+        )
         self.advanced.margins = (0, 0, 0, 0)
 
         self.review_button = PushButton(text="Mark slice reviewed (Shift-R)")
@@ -351,6 +359,15 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         meta = labels_layer.metadata.get(META_KEY, {})
         return meta.get("model_source") or meta.get("model") or None
 
+    def _start_model(self, labels_layer: Any, base: str | None) -> str | None:
+        """The model a round retrains (``None``: continue ``base``): the one
+        the layer was segmented with, or its first round's base ("": the
+        default bundled model)."""
+        if not self.restart.value or self.model.value != LAYER_MODEL:
+            return None
+        meta = labels_layer.metadata.setdefault(META_KEY, {})
+        return meta.setdefault("first_model", base or "")
+
     def _request(self) -> FinetuneRequest:
         """Check the layers and copy what the worker needs; raise LayerProblem if unusable."""
         image_layer, labels_layer = self.image.value, self.labels_layer.value
@@ -375,12 +392,14 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
                 "reviewed (Shift-R), then fine-tune."
             )
         lr = LR_PRESETS.get(self.lr_preset.value)
+        base = self._base_model(labels_layer)
         return FinetuneRequest(
             image=image,
             labels=labels.copy(),
             trusted=trusted,
             rgb=bool(image_layer.rgb),
-            base_model=self._base_model(labels_layer),
+            base_model=base,
+            start_model=self._start_model(labels_layer, base),
             max_seconds=float(self.budget.value),
             max_steps=int(self.steps.value) or None,
             lr=lr,

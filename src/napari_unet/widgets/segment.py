@@ -351,6 +351,8 @@ class SegmentWidget(Container):
             "image_layer": image_layer.name,
             "model": config.name,
             "model_source": source,
+            # the model a Fine-tune round retrains on every correction so far
+            "first_model": source,
             "zoom": self._job.get("zoom", 1.0),
             "classes": {c.id: c.name for c in config.classes},
             "edited": False,
