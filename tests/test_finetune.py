@@ -485,3 +485,22 @@ def test_reset_head_starts_the_round_from_a_fresh_head_and_keeps_the_rest(small_
     assert all(torch.equal(start[k], v) for k, v in before.items() if not k.startswith("head."))
     # the model the round started from is left as it was
     assert all(torch.equal(small_model.net.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("keep, patience, checked", [
+    ("last", None, [5, 10, 12]),  # validation only reports: every report_every steps and after the last
+    ("best", 50, [2, 4, 6, 8, 10, 12]),  # it chooses the weights: every val_every steps
+])
+def test_a_round_validates_as_often_as_its_choice_needs(small_model, keep, patience, checked):
+    image, labels = disc_scene(0)
+    options = FinetuneOptions(**{**FAST.__dict__, "val_every": 2, "report_every": 5, "keep": keep,
+                                 "patience": patience})
+    result = finetune(image, labels, None, small_model, max_seconds=600, device="cpu", options=options,
+                      return_result=True, steps=12)
+    assert [e.step for e in result.history if e.val_dice is not None] == checked
+    assert result.val_dice_after is not None
+
+
+def test_report_every_is_checked():
+    with pytest.raises(ValueError, match="report_every"):
+        FinetuneOptions(report_every=0)

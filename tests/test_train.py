@@ -317,3 +317,42 @@ def test_plan_options_are_checked():
         TrainOptions(max_steps=1, plan_after=0)
     with pytest.raises(ValueError, match="plan_slack"):
         TrainOptions(max_steps=1, plan_slack=0.5)
+
+
+def test_a_plan_takes_the_validation_checks_still_to_come_off_the_budget(tiny_model, toy_validation, monkeypatch):
+    """Steps cost 0.01 s and a validation check 0.2 s (a fake clock that moves
+    only when work is done). No check falls between the warm-up and the plan,
+    yet the plan must leave room for the checks every 10 steps and after the
+    last: 23 steps fit 1 s (0.23 s of steps, four checks), not the 80 that
+    the steps' speed alone would give."""
+    import napari_unet.core.train as train
+
+    class WorkClock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = WorkClock()
+    real_scores = train.validation_scores
+
+    def slow_scores(*args, **kwargs):
+        clock.now += 0.2
+        return real_scores(*args, **kwargs)
+
+    def sampler(rng, n):
+        clock.now += 0.01
+        return toy_sampler(rng, n)
+
+    monkeypatch.setattr(train, "_clock", clock)
+    monkeypatch.setattr(train, "validation_scores", slow_scores)
+    options = TrainOptions(max_steps=None, max_seconds=1.0, plan_after=5, plan_round=1, keep="last",
+                           **{**FAST, "val_every": 10})
+    result = run_training(copy_model(tiny_model), sampler, toy_validation, options)
+    assert result.planned_steps == 23 and result.steps == 23 and result.stop_reason == "time"
+    assert result.seconds == pytest.approx(0.23 + 4 * 0.2)
+
+
+def test_plan_round_is_checked():
+    with pytest.raises(ValueError, match="plan_round"):
+        TrainOptions(max_steps=1, plan_round=0)

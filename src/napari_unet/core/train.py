@@ -129,13 +129,16 @@ class TrainOptions:
     #: with a time budget, after this many steps the budget becomes a fixed
     #: step count: the steps that fit in ``max_seconds`` at the speed of the
     #: steps since the warm-up (validation included), rounded to the nearest
-    #: multiple of ``val_every``. Until then the rate stays at its peak and
+    #: multiple of ``plan_round`` (``None``: ``val_every``). Until then the rate stays at its peak and
     #: afterwards the schedule follows the steps, not the clock, so two runs
     #: that plan the same count train the same model. ``None``: the clock
     #: drives the schedule.
     plan_after: int | None = None
     #: a planned run that slows down still stops at this multiple of ``max_seconds``
     plan_slack: float = 1.5
+    #: the plan's step count is a multiple of this (``None``: ``val_every``), so
+    #: that a small jitter in the measured speed plans the same count
+    plan_round: int | None = None
 
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
@@ -164,6 +167,8 @@ class TrainOptions:
             raise ValueError(f"plan_after must be >= 1 or None, got {self.plan_after}")
         if self.plan_slack < 1.0:
             raise ValueError(f"plan_slack must be >= 1, got {self.plan_slack}")
+        if self.plan_round is not None and self.plan_round < 1:
+            raise ValueError(f"plan_round must be >= 1 or None, got {self.plan_round}")
 
 
 @dataclass(frozen=True)
@@ -420,7 +425,10 @@ def train_iter(
     best_soft = -math.inf
     best_loss = math.inf
     planned: int | None = None  # the time budget as a step count, once measured
-    plan_mark: tuple[int, float] | None = None  # (local step, seconds) where the speed is measured from
+    # (local step, seconds, validation seconds) where the speed is measured from
+    plan_mark: tuple[int, float, float] | None = None
+    eval_seconds = 0.0  # spent in validation so far
+    eval_cost = 0.0  # seconds of the last validation check
 
     def time_limit() -> float | None:
         if options.max_seconds is None:
@@ -430,19 +438,28 @@ def train_iter(
     def make_plan() -> int:
         """The step count that fits the time budget: the steps so far plus
         what the rest of the budget holds at the speed of the steps since the
-        mark (the end of the warm-up: first-step costs left out, validation
-        in), rounded to the nearest multiple of ``val_every``."""
+        mark (the end of the warm-up: first-step costs left out), rounded to
+        the nearest multiple of ``plan_round``. Validation is counted apart, at
+        the cost of the last check: the checks still to come (one every
+        ``val_every`` steps, and one after the last) are taken off the budget
+        first, whether or not any fell between the mark and now."""
         local, now = step - options.start_step, _clock() - start
-        mark_step, mark_time = plan_mark if plan_mark is not None else (0, 0.0)
-        per_step = (now - mark_time) / max(local - mark_step, 1)
-        fit = local + max(options.max_seconds - now, 0.0) / max(per_step, 1e-9)
-        total = options.start_step + max(local, round(fit / options.val_every) * options.val_every)
+        unit = options.plan_round or options.val_every
+        mark_step, mark_time, mark_eval = plan_mark if plan_mark is not None else (0, 0.0, 0.0)
+        per_step = max(now - mark_time - (eval_seconds - mark_eval), 0.0) / max(local - mark_step, 1)
+        per_step += eval_cost / options.val_every
+        fit = local + max(options.max_seconds - now - eval_cost, 0.0) / max(per_step, 1e-9)
+        total = options.start_step + max(local, round(fit / unit) * unit)
         return total if options.max_steps is None else min(total, options.max_steps)
 
 
     def evaluate() -> tuple[float, float]:
+        nonlocal eval_seconds, eval_cost
+        began = _clock()
         scores = validation_scores(model, validation, device, dtype)
         set_train_mode()
+        eval_cost = _clock() - began
+        eval_seconds += eval_cost
         return scores
 
     def consider(score: float, at_step: int, soft: float = -math.inf) -> bool:
@@ -566,7 +583,7 @@ def train_iter(
                 if mark_at >= options.plan_after:
                     mark_at = options.plan_after // 2
                 if plan_mark is None and step - options.start_step >= mark_at:
-                    plan_mark = (step - options.start_step, _clock() - start)
+                    plan_mark = (step - options.start_step, _clock() - start, eval_seconds)
                 if step - options.start_step >= options.plan_after:
                     planned = make_plan()
 
