@@ -128,8 +128,9 @@ class TrainOptions:
     class_weight: tuple[float, ...] | None = None
     #: with a time budget, after this many steps the budget becomes a fixed
     #: step count: the steps that fit in ``max_seconds`` at the speed of the
-    #: steps since the warm-up (validation included), rounded to the nearest
-    #: multiple of ``plan_round`` (``None``: ``val_every``). Until then the rate stays at its peak and
+    #: steps since the warm-up (less the validation checks still to come),
+    #: rounded to the nearest multiple of ``plan_round`` (``None``:
+    #: ``val_every``). Until then the rate stays at its peak and
     #: afterwards the schedule follows the steps, not the clock, so two runs
     #: that plan the same count train the same model. ``None``: the clock
     #: drives the schedule.
