@@ -164,14 +164,22 @@ def train_scratch(volume, truth, mask, base, seconds: float, seed: int):
     from monai.networks.nets import BasicUNet
 
     from napari_unet.core.augment import AugmentConfig
-    from napari_unet.core.finetune import CorrectionSampler, FinetuneOptions, prepare_corrections
+    from napari_unet.core.finetune import (
+        CorrectionSampler,
+        FinetuneOptions,
+        batch_for_crop,
+        prepare_corrections,
+    )
     from napari_unet.core.losses import masked_ce_dice_loss
 
     options = FinetuneOptions(val_fraction=0.0)
     corrections, _ = prepare_corrections(volume, truth, mask, base, options, seed, 1)
     largest = max(max(c.plane.shape[1:]) for c in corrections)
-    crop = min(128, int(np.ceil(largest / 16) * 16))
+    # the round's crops and batch (an instance-norm net, as ours: crops much
+    # smaller than the slice it predicts would handicap it as they did ours)
+    crop = min(options.crop_size, int(np.ceil(largest / 16) * 16))
     sampler = CorrectionSampler(corrections, crop, AugmentConfig.light())
+    batch = batch_for_crop(options, crop)
     torch.manual_seed(seed)
     net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -180,7 +188,7 @@ def train_scratch(volume, truth, mask, base, seconds: float, seed: int):
     start = time.perf_counter()
     steps = 0
     while time.perf_counter() - start < seconds:
-        x, y, m = sampler(rng, 4)
+        x, y, m = sampler(rng, batch)
         logits = net(torch.from_numpy(x))
         loss = masked_ce_dice_loss(logits, torch.from_numpy(y), torch.from_numpy(m))
         optimizer.zero_grad(set_to_none=True)
