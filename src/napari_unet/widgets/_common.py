@@ -134,6 +134,8 @@ def warm_up() -> Generator[None, None, None]:
 _WARM_THREAD_DONE = threading.Event()  # set by the worker thread itself, with no event loop needed
 #: How long a process that exits during the warm-up waits for it (seconds).
 EXIT_WAIT_S = 120.0
+#: then how long it waits for Qt's pool threads to leave their workers (ms)
+EXIT_POOL_WAIT_MS = 5000
 
 
 def _warm_up_in_worker() -> Generator[None, None, None]:
@@ -151,6 +153,16 @@ def _wait_for_warm_up_at_exit() -> None:
     ``finished`` signal, so this waits on an event the thread sets itself."""
     if not _WARM_THREAD_DONE.wait(EXIT_WAIT_S):
         _log.warning("the warm-up was still running after %.0f s at exit", EXIT_WAIT_S)
+        return
+    # the generator is done, but its worker still emits ``finished`` from the
+    # pool thread; interpreter shutdown deleting the signals' Qt object under
+    # that emit aborted the process (SIGABRT, seen once in a loaded test run)
+    try:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(EXIT_POOL_WAIT_MS)
+    except Exception:  # noqa: BLE001 - best effort at exit, never raise there
+        pass
 
 
 def warm_up_once() -> threading.Event:
