@@ -511,7 +511,8 @@ def test_a_round_trains_on_crops_as_large_as_the_slice_up_to_256_px(small_model,
     """A round trains an instance-norm network, which normalises by what it sees:
     crops far smaller than the slice ``predict`` runs at once taught a lung CT
     round a tumour it then missed on the whole slice (P 0.8 in the crop, 0.01
-    on the slice). So crops cover the slice, up to 256 px, two per step."""
+    on the slice). So crops cover the slice, up to 256 px, two per step; a
+    smaller slice gets more crops (as many pixels), at most four."""
     import napari_unet.core.finetune as ft
 
     seen = []
@@ -519,9 +520,9 @@ def test_a_round_trains_on_crops_as_large_as_the_slice_up_to_256_px(small_model,
 
     def spy(model, sample_batch, *args, **kwargs):
         def recording(rng, n):
-            batch = sample_batch(rng, n)
-            seen.append(batch[0].shape)
-            return batch
+            drawn = sample_batch(rng, n)
+            seen.append(drawn[0].shape)
+            return drawn
 
         return real(model, recording, *args, **kwargs)
 
