@@ -169,6 +169,7 @@ def train_scratch(volume, truth, mask, base, seconds: float, seed: int):
         FinetuneOptions,
         batch_for_crop,
         prepare_corrections,
+        round_crop,
     )
     from napari_unet.core.losses import masked_ce_dice_loss
 
@@ -177,7 +178,7 @@ def train_scratch(volume, truth, mask, base, seconds: float, seed: int):
     largest = max(max(c.plane.shape[1:]) for c in corrections)
     # the round's crops and batch (an instance-norm net, as ours: crops much
     # smaller than the slice it predicts would handicap it as they did ours)
-    crop = min(options.crop_size, int(np.ceil(largest / 16) * 16))
+    crop = round_crop(largest, options.crop_size, 16)  # BasicUNet's divisor
     sampler = CorrectionSampler(corrections, crop, AugmentConfig.light())
     batch = batch_for_crop(options, crop)
     torch.manual_seed(seed)

@@ -90,7 +90,7 @@ class FinetuneOptions:
     #: ``predict`` runs (512 px) teach it a contrast the whole slice does not
     #: have. After 0.9.5's 128-px crops, a lung2 round predicted its own
     #: corrected tumour at P = 0.8-0.99 in a 128-px crop and at 0.00-0.02 in the
-    #: whole 512-px slice. 256 px (the whole slice up to 256 px)
+    #: whole 512-px slice. So crops are the whole slice, up to 256 px
     crop_size: int = 256
     warmup_steps: int = 5
     val_every: int = 10
@@ -534,6 +534,12 @@ def batch_for_crop(options: FinetuneOptions, crop: int) -> int:
     return max(options.batch_size, min(MAX_BATCH, scaled))
 
 
+def round_crop(largest: int, crop_size: int, divisor: int) -> int:
+    """A round's crop edge: the largest corrected slice's longer side, at most
+    ``crop_size``, both rounded up to the network's ``divisor``."""
+    return min(_round_up(crop_size, divisor), _round_up(largest, divisor))
+
+
 def _round_up(value: int, divisor: int) -> int:
     return int(math.ceil(value / divisor) * divisor)
 
@@ -945,7 +951,7 @@ def finetune_iter(
             )
 
     largest = max(max(e.plane.shape[1:]) for e in entries)
-    crop = min(_round_up(options.crop_size, arch.divisor), _round_up(largest, arch.divisor))
+    crop = round_crop(largest, options.crop_size, arch.divisor)
     batch = batch_for_crop(options, crop)
     sampler = CorrectionSampler(
         entries, crop, options.augment, foreground=options.foreground_crops,
