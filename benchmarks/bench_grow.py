@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/bench_grow.py                       # 3 cases x k 1 3 10 x 2 seeds + 6 stacks (~25 min)
     python benchmarks/bench_grow.py --cases breast1 --ks 3 --seeds 0 --no-sim
+    python benchmarks/bench_grow.py --seeds 0 1 2 --flips 1 4 --save-models .cache/grow-models
 
 Not part of the test suite. The real scans are read from ``--data`` and never copied.
 """
@@ -34,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_hitl_real as real  # noqa: E402
 
-THRESHOLDS = (0.5, 0.3, 0.2, 0.15, 0.1)
+THRESHOLDS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
 
 
 def scored(labels: np.ndarray, probabilities: np.ndarray, seeds: dict, threshold: float) -> np.ndarray:
@@ -62,13 +63,19 @@ def run_real(args, base) -> list[dict]:
             seeds = seeds_from_corrections(truth, mask, classes=[real.TUMOUR])
             for seed in args.seeds:
                 result = finetune(volume, truth, mask, base, device="cpu", seed=seed, return_result=True)
+                if args.save_models:
+                    from napari_unet.core.weights import save_model
+
+                    save_model(result.model, args.save_models / f"{case}-k{k}-s{seed}", overwrite=True)
                 ranges = intensity_ranges(volume, result.model.config.input, False)
-                options = PredictOptions(device="cpu", return_probabilities=True)
-                pred = run_to_end(predict_iter(volume, result.model, options, intensity_ranges=ranges))
                 row = {"case": case, "k": k, "seed": seed, "steps": result.steps}
-                for t in THRESHOLDS:
-                    labels = scored(pred.labels, pred.probabilities, seeds, t)
-                    row[str(t)] = round(real.dice(labels[median:], truth[median:]), 3)
+                for flips in args.flips:
+                    options = PredictOptions(device="cpu", return_probabilities=True, flips=flips)
+                    pred = run_to_end(predict_iter(volume, result.model, options, intensity_ranges=ranges))
+                    prefix = "" if flips == 1 else f"flips{flips}:"
+                    for t in THRESHOLDS:
+                        labels = scored(pred.labels, pred.probabilities, seeds, t)
+                        row[prefix + str(t)] = round(real.dice(labels[median:], truth[median:]), 3)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -113,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--no-sim", dest="sim", action="store_false", help="skip the simulated stacks")
+    parser.add_argument("--flips", type=int, nargs="+", choices=(1, 4), default=[1],
+                        help="score each real round's model with these test-time flips (1 4: both)")
+    parser.add_argument("--save-models", type=Path, default=None, help="keep each real round's model here")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -128,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     sim = run_sim(args, base) if args.sim else []
     print("real scans, mean held-out tumour Dice over cases and seeds (connected, widened at P):")
     print("P      " + "  ".join(f"k={k:<4d}" for k in args.ks))
-    for t in THRESHOLDS:
-        means = [np.mean([r[str(t)] for r in rows if r["k"] == k]) for k in args.ks]
-        print(f"{t:<6} " + "  ".join(f"{m:.3f}" for m in means))
+    for flips in args.flips:
+        prefix = "" if flips == 1 else f"flips{flips}:"
+        if len(args.flips) > 1:
+            print(f"test-time flips {flips}:")
+        for t in THRESHOLDS:
+            means = [np.mean([r[prefix + str(t)] for r in rows if r["k"] == k]) for k in args.ks]
+            print(f"{t:<6} " + "  ".join(f"{m:.3f}" for m in means))
     if sim:
         print("simulated stacks, mean Dice on uncorrected slices (tumour / nerve):")
         for t in THRESHOLDS:

@@ -52,6 +52,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,20 @@ def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int,
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
 
     ranges = intensity_ranges(volume, model.config.input, False)
-    options = PredictOptions(device="cpu", return_probabilities=mask is not None)
+    options = PredictOptions(device="cpu", return_probabilities=mask is not None, flips=FLIPS)
     result = run_to_end(predict_iter(volume, model, options, intensity_ranges=ranges))
+    if row is not None and COMPARE_FLIPS:
+        other = replace(options, flips=5 - FLIPS)  # 1 <-> 4
+        alt = run_to_end(predict_iter(volume, model, other, intensity_ranges=ranges))
+        row[f"flips{other.flips}"], row[f"flips{other.flips}_every_region"] = _both(
+            alt.labels, truth, median, mask, alt.probabilities)
     return _both(result.labels, truth, median, mask, result.probabilities, row)
+
+
+#: test-time flips of the headline score (``--flips``; the product's default unless given)
+FLIPS = 1
+#: also score each round's model with the other flips setting (``--compare-flips``)
+COMPARE_FLIPS = False
 
 
 #: the clean-up's widening threshold (``--grow``; the product's default unless given)
@@ -200,7 +212,7 @@ def train_scratch(volume, truth, mask, base, seconds: float, seed: int):
     return net, steps
 
 
-def held_out_scratch(net, base, volume, truth, median, mask=None) -> tuple[float, float]:
+def held_out_scratch(net, base, volume, truth, median, mask=None, flips: int = 1) -> tuple[float, float]:
     """As :func:`held_out_dice`, for the scratch anchor (the same clean-up)."""
     import torch
 
@@ -211,8 +223,12 @@ def held_out_scratch(net, base, volume, truth, median, mask=None) -> tuple[float
     planes = (normalize_slice(p, ranges, 1, base.config.input) for p in volume)
 
     def predictor(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        mirrors = [()] if flips == 1 else [(), (-1,), (-2,), (-2, -1)]
         with torch.inference_mode():
-            return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(batch))), dim=1).numpy()
+            total = sum(torch.softmax(net(x.flip(d) if d else x), dim=1).flip(d) if d
+                        else torch.softmax(net(x), dim=1) for d in mirrors)
+        return (total / len(mirrors)).numpy()
 
     pred = np.zeros(truth.shape, np.uint8)
     probabilities = np.zeros((2, *truth.shape), np.float32)
@@ -264,7 +280,11 @@ def run_case(name: str, args, base) -> dict:
                 save_model(result.model, args.save_models / f"{name}-k{k}", overwrite=True)
             if args.scratch:
                 net, steps = train_scratch(volume, truth, mask, base, row["seconds"], args.seed)
-                row["scratch"], row["scratch_every_region"] = held_out_scratch(net, base, volume, truth, median, mask)
+                row["scratch"], row["scratch_every_region"] = held_out_scratch(
+                    net, base, volume, truth, median, mask, FLIPS)
+                if COMPARE_FLIPS:
+                    row[f"scratch_flips{5 - FLIPS}"], _ = held_out_scratch(
+                        net, base, volume, truth, median, mask, 5 - FLIPS)
                 row["scratch_steps"] = steps
             else:
                 row["scratch"] = None
@@ -272,6 +292,9 @@ def run_case(name: str, args, base) -> dict:
         scratch = "" if row["scratch"] is None else f"  scratch {row['scratch']:.3f}"
         scratch += f"  (every region: {row['every_region']:.3f})" if k else ""
         extra = f" ({row['steps']} steps, {row['seconds']}s, {row['stop']})" if k else ""
+        for key in ("flips4", "flips1", "scratch_flips4", "scratch_flips1"):
+            if key in row:
+                extra += f"  {key} {row[key]:.3f}"
         print(f"  k={k:2d}: fine-tuned {row['finetuned']:.3f}{scratch}{extra}", file=sys.stderr)
     return {"case": name, "shape": list(volume.shape), "held_out_from": median, "rows": rows}
 
@@ -513,11 +536,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--later-options", default=None, metavar="JSON",
                         help="suggested strategy: FinetuneOptions fields for the rounds after the first, "
                              "over --options (e.g. '{\"lr\": 3e-4}': a gentler continuing round)")
+    parser.add_argument("--flips", type=int, choices=(1, 4), default=None,
+                        help="test-time flips of every held-out prediction (default: the product's)")
+    parser.add_argument("--compare-flips", action="store_true",
+                        help="also score each round with the other --flips setting (same models)")
     parser.add_argument("--curve", type=Path, default=None,
                         help="with --strategy both: write a plot of Dice against corrected slices")
     args = parser.parse_args(argv)
-    global GROW
+    global GROW, FLIPS, COMPARE_FLIPS
     GROW = args.grow
+    from napari_unet.core.predict import PredictOptions
+
+    FLIPS = args.flips or PredictOptions().flips
+    COMPARE_FLIPS = args.compare_flips
     if not args.data.is_dir():
         print(f"no real scans at {args.data} (pass --data DIR)", file=sys.stderr)
         return 2

@@ -193,3 +193,32 @@ def test_corrections_must_fit_the_scan(stack_tif, tiny_model_dir, tmp_path, caps
     code, err = _error_of(capsys, ["predict", str(stack_tif), "-o", str(out), "--model", str(tiny_model_dir),
                                    "--mask", str(wrong)])
     assert code == 2 and "--mask needs --corrections" in err[0]
+
+
+def test_flips_flag_reaches_the_prediction(stack_tif, tiny_model_dir, tmp_path, monkeypatch):
+    """--flips 4 segments each tile four times (the network sees 4x the batches)."""
+    from napari_unet.core import predict as predict_module
+
+    calls = []
+    original = predict_module._TileRunner._run
+
+    def counting(self, chunk):
+        calls.append(self.flips)
+        return original(self, chunk)
+
+    monkeypatch.setattr(predict_module._TileRunner, "_run", counting)
+    plain, mirrored = tmp_path / "plain.tif", tmp_path / "mirrored.tif"
+    base = ["--model", str(tiny_model_dir), "--tile", "32", "--quiet"]
+    assert main(["predict", str(stack_tif), "-o", str(plain), *base]) == 0
+    first = list(calls)
+    calls.clear()
+    assert main(["predict", str(stack_tif), "-o", str(mirrored), *base, "--flips", "4"]) == 0
+    assert set(first) == {1} and set(calls) == {4} and len(calls) == len(first)
+    assert tifffile.imread(mirrored).shape == tifffile.imread(plain).shape == (3, 37, 45)
+
+
+def test_bad_flips_value_is_one_line(stack_tif, tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(stack_tif), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_dir), "--flips", "2"])
+    assert exit_info.value.code == 2
+    assert "--flips" in capsys.readouterr().err

@@ -232,3 +232,32 @@ def test_folded_network_is_reused_until_the_weights_change(tiny_model):
     assert again is not first
     after = predict(image, tiny_model, device="cpu", return_probabilities=True).probabilities
     assert not np.allclose(before, after)
+
+
+def test_flips_average_the_mirrored_predictions(tiny_model):
+    """flips=4 is the mean of the four mirror images' probabilities, each mirrored back."""
+    image = np.random.default_rng(3).random((32, 48)).astype(np.float32)
+    ranges = intensity_ranges(image, tiny_model.config.input, False)
+
+    def probs(img, flips=1):
+        options = PredictOptions(tile=64, device="cpu", precision="float32", return_probabilities=True, flips=flips)
+        gen = predict_iter(img, tiny_model, options, intensity_ranges=ranges)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value.probabilities
+
+    expected = np.mean(
+        [np.flip(probs(np.flip(image, axis=axes)), axis=tuple(a + 1 for a in axes)) for axes in [(), (1,), (0,), (0, 1)]],
+        axis=0,
+    )
+    plain, averaged = probs(image), probs(image, flips=4)
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    assert np.abs(averaged - plain).max() > 1e-3  # a random net is not mirror-symmetric: the flips did something
+
+
+@pytest.mark.parametrize("bad", [0, 2, 8, True])
+def test_flips_are_validated(bad):
+    with pytest.raises(ValueError, match="flips must be 1 or 4"):
+        PredictOptions(flips=bad)

@@ -490,6 +490,7 @@ def predict_batch(
     index: int | None = None,
     progress: Callable[[dict, int, int], None] | None = None,
     jobs: Sequence[BatchJob] | None = None,
+    flips: int = 1,
 ) -> list[dict]:
     """Segment every scan in ``paths`` (files, folders, glob patterns) into
     ``out_dir/<stem>_labels.<format>`` on a Dask cluster, and write
@@ -502,6 +503,7 @@ def predict_batch(
     skipped unless ``overwrite`` (they are not passed to ``progress``).
     ``progress(row, finished, total)`` is called as each scan finishes;
     ``index``: the volume to segment of every 4D/5D scan (2D/3D scans ignore it).
+    ``flips=4``: test-time mirroring (:class:`~napari_unet.core.predict.PredictOptions`).
     ``jobs``: a plan from :func:`plan_batch` to run instead of planning
     ``paths`` (``format``, ``overwrite`` and ``index`` are then the plan's). Returns one row per scan, in input order: ``input``,
     ``output``, ``status`` (``done``/``skipped``/``failed``), ``seconds``,
@@ -515,7 +517,7 @@ def predict_batch(
     from napari_unet.core.weights import SegmentationModel, load_model
 
     options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                             precision=precision, zoom=zoom)
+                             precision=precision, zoom=zoom, flips=flips)
     if client is not None and workers is not None:
         raise BatchError("workers applies to the local cluster only; size the cluster of your client instead")
     out_dir = Path(out_dir)

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             args.inputs, args.out_dir, model=args.model, client=client, workers=args.workers,
             device=options.device, tile=options.tile, overlap=options.overlap,
             batch_size=options.batch_size, precision=options.precision, zoom=options.zoom,
-            progress=report, jobs=jobs,
+            flips=options.flips, progress=report, jobs=jobs,
         )
     except (BatchError, ModelError) as exc:
         raise CLIError(str(exc)) from exc

@@ -103,6 +103,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "structures are twice as large as the model expects); default: auto (1 for grey scans, "
         "about 512 px for colour photos larger than 768 px)",
     )
+    p.add_argument(
+        "--flips", type=int, default=1, choices=(1, 4),
+        help="test-time mirroring: 4 also segments each tile mirrored left-right, up-down and both and "
+        "averages the probabilities (4x the time; default: 1)",
+    )
 
 
 def prediction_options(args: argparse.Namespace):
@@ -112,7 +117,7 @@ def prediction_options(args: argparse.Namespace):
     try:
         return PredictOptions(
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-            precision=args.precision, zoom=args.zoom,
+            precision=args.precision, zoom=args.zoom, flips=getattr(args, "flips", 1),
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc

@@ -73,8 +73,13 @@ class PredictOptions:
     uncertainty: bool = False
     grow: float = GROW_PROBABILITY
     bridge: int = BRIDGE_SLICES
+    #: test-time flips: 1 runs each tile once; 4 also runs it mirrored left-right,
+    #: up-down and both, and averages the four probability maps (4x the time)
+    flips: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.flips, bool) or self.flips not in (1, 4):
+            raise ValueError(f"flips must be 1 or 4, got {self.flips!r}")
         if isinstance(self.bridge, bool) or not isinstance(self.bridge, int) or not 0 <= self.bridge <= 8:
             raise ValueError(f"bridge must be 0..8 slices, got {self.bridge!r}")
         if not 0.0 < self.grow <= 1.0:
@@ -149,11 +154,13 @@ def spatial_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 class _TileRunner:
     """Runs batches of tiles through the network, halving the batch on OOM."""
 
-    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int):
+    def __init__(self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 flips: int = 1):
         self.net = net
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.flips = flips
         self.notes: list[str] = []
         self.channels_last = device.type == "cpu"
 
@@ -189,9 +196,24 @@ class _TileRunner:
         x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            logits = self.net(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        mirrors = [()] if self.flips == 1 else [(), (-1,), (-2,), (-2, -1)]
+        total = None
+        with torch.inference_mode():
+            for dims in mirrors:
+                xin = x
+                if dims:
+                    xin = x.flip(dims)
+                    if self.channels_last:
+                        xin = xin.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.dtype):
+                    logits = self.net(xin)
+                probs = torch.softmax(logits.float(), dim=1)
+                if dims:
+                    probs = probs.flip(dims)
+                total = probs if total is None else total.add_(probs)
+            if len(mirrors) > 1:
+                total.div_(len(mirrors))
+        return total.cpu().numpy()
 
 
 @dataclass
@@ -347,7 +369,7 @@ def predict_iter(
         else _normalize.intensity_ranges(image, config.input, is_rgb)
     )
     net = prepare_network(model.net, device)
-    runner = _TileRunner(net, device, dtype, options.batch_size)
+    runner = _TileRunner(net, device, dtype, options.batch_size, options.flips)
 
     volume = layout.startswith("Z")
     num_planes = spatial[0] if volume else 1
@@ -490,6 +512,7 @@ def predict(
     corrections: tuple | None = None,
     grow: float = GROW_PROBABILITY,
     bridge: int = BRIDGE_SLICES,
+    flips: int = 1,
 ) -> Prediction:
     """Segment an image with a model (the default bundled model when ``None``).
 
@@ -505,7 +528,8 @@ def predict(
     pixels with a foreground probability of at least ``grow`` that connect
     to a kept region join it (0.5 switches that off); a region may skip
     ``bridge`` slices and still connect (0: strict); ``removed`` says what
-    went and what was added.
+    went and what was added. ``flips=4`` averages the probabilities of the
+    tile and its three mirror images (4x the time).
     """
     from .weights import load_model
 
@@ -521,6 +545,7 @@ def predict(
         uncertainty=uncertainty,
         grow=grow,
         bridge=bridge,
+        flips=flips,
     )
     seeds = None
     if corrections is not None:
