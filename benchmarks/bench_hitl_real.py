@@ -124,7 +124,7 @@ def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int,
     options = PredictOptions(device="cpu", return_probabilities=mask is not None, flips=FLIPS)
     result = run_to_end(predict_iter(volume, model, options, intensity_ranges=ranges))
     if row is not None and COMPARE_FLIPS:
-        other = replace(options, flips=5 - FLIPS)  # 1 <-> 4
+        other = replace(options, flips=_other_flips())
         alt = run_to_end(predict_iter(volume, model, other, intensity_ranges=ranges))
         row[f"flips{other.flips}"], row[f"flips{other.flips}_every_region"] = _both(
             alt.labels, truth, median, mask, alt.probabilities)
@@ -135,6 +135,11 @@ def held_out_dice(model, volume: np.ndarray, truth: np.ndarray, median: int,
 FLIPS = 1
 #: also score each round's model with the other flips setting (``--compare-flips``)
 COMPARE_FLIPS = False
+
+
+def _other_flips() -> int:
+    """The flips setting ``--compare-flips`` scores beside the headline's."""
+    return 4 if FLIPS == 1 else 1
 
 
 #: the clean-up's widening threshold (``--grow``; the product's default unless given)
@@ -217,18 +222,20 @@ def held_out_scratch(net, base, volume, truth, median, mask=None, flips: int = 1
     import torch
 
     from napari_unet.core.normalize import intensity_ranges, normalize_slice
-    from napari_unet.core.predict import PredictOptions, PredictProgress, predict_planes
+    from napari_unet.core.predict import (
+        PredictOptions,
+        PredictProgress,
+        mirror_mean,
+        predict_planes,
+    )
 
     ranges = intensity_ranges(volume, base.config.input, False)
     planes = (normalize_slice(p, ranges, 1, base.config.input) for p in volume)
 
     def predictor(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch))
-        mirrors = [()] if flips == 1 else [(), (-1,), (-2,), (-2, -1)]
         with torch.inference_mode():
-            total = sum(torch.softmax(net(x.flip(d) if d else x), dim=1).flip(d) if d
-                        else torch.softmax(net(x), dim=1) for d in mirrors)
-        return (total / len(mirrors)).numpy()
+            x = torch.from_numpy(np.ascontiguousarray(batch))
+            return mirror_mean(lambda tiles: torch.softmax(net(tiles), dim=1), x, flips).numpy()
 
     pred = np.zeros(truth.shape, np.uint8)
     probabilities = np.zeros((2, *truth.shape), np.float32)
@@ -283,8 +290,8 @@ def run_case(name: str, args, base) -> dict:
                 row["scratch"], row["scratch_every_region"] = held_out_scratch(
                     net, base, volume, truth, median, mask, FLIPS)
                 if COMPARE_FLIPS:
-                    row[f"scratch_flips{5 - FLIPS}"], _ = held_out_scratch(
-                        net, base, volume, truth, median, mask, 5 - FLIPS)
+                    row[f"scratch_flips{_other_flips()}"], _ = held_out_scratch(
+                        net, base, volume, truth, median, mask, _other_flips())
                 row["scratch_steps"] = steps
             else:
                 row["scratch"] = None

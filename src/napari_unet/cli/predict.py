@@ -117,7 +117,7 @@ def prediction_options(args: argparse.Namespace):
     try:
         return PredictOptions(
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-            precision=args.precision, zoom=args.zoom, flips=getattr(args, "flips", 1),
+            precision=args.precision, zoom=args.zoom, flips=args.flips,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from exc

@@ -151,6 +151,19 @@ def spatial_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------- the engine
+#: the mirror images test-time flips average over (the dims each flips; () is the tile itself)
+MIRRORS = ((), (-1,), (-2,), (-2, -1))
+
+
+def mirror_mean(probabilities: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flips: int) -> torch.Tensor:
+    """Mean of ``probabilities`` ((N,C,H,W) -> (N,K,H,W)) over the first ``flips``
+    of :data:`MIRRORS` of ``x``, each mirrored back (``flips=1``: one plain run)."""
+    total = probabilities(x)
+    for dims in MIRRORS[1:flips]:
+        total = total + probabilities(x.flip(dims)).flip(dims)
+    return total / flips if flips > 1 else total
+
+
 class _TileRunner:
     """Runs batches of tiles through the network, halving the batch on OOM."""
 
@@ -194,26 +207,16 @@ class _TileRunner:
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        mirrors = [()] if self.flips == 1 else [(), (-1,), (-2,), (-2, -1)]
-        total = None
+
+        def probabilities(tiles: torch.Tensor) -> torch.Tensor:
+            if self.channels_last:
+                tiles = tiles.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.dtype):
+                logits = self.net(tiles)
+            return torch.softmax(logits.float(), dim=1)
+
         with torch.inference_mode():
-            for dims in mirrors:
-                xin = x
-                if dims:
-                    xin = x.flip(dims)
-                    if self.channels_last:
-                        xin = xin.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.dtype):
-                    logits = self.net(xin)
-                probs = torch.softmax(logits.float(), dim=1)
-                if dims:
-                    probs = probs.flip(dims)
-                total = probs if total is None else total.add_(probs)
-            if len(mirrors) > 1:
-                total.div_(len(mirrors))
-        return total.cpu().numpy()
+            return mirror_mean(probabilities, x, self.flips).cpu().numpy()
 
 
 @dataclass
