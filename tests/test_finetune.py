@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from napari_unet.core.finetune import (
+    OTHERS_FIGURE,
     FinetuneOptions,
     ReplayBuffer,
     finetune,
@@ -326,9 +327,19 @@ def test_with_blind_validation_a_round_that_forgets_the_lesion_counts_as_a_regre
     learned = replace(forgot, fit_after=0.9)
     assert not learned.regressed
     assert learned.gate_scores()[2].endswith("Dice on the slices it learned from")
-    # a fall of the validation Dice still counts (more false lesion in the held-back blocks)
-    worse_elsewhere = replace(learned, val_dice_before=0.7, val_dice_after=0.4)
-    assert worse_elsewhere.regressed and worse_elsewhere.gate_scores() == (0.4, 0.7, VALIDATION_FIGURE)
+    # one false lesion pixel in held-back blocks without lesion takes the blind
+    # validation figure from 1 (nothing marked, nothing predicted) to 0: not a
+    # regression by itself (the fit counts such pixels in proportion)
+    assert not replace(learned, val_dice_before=1.0, val_dice_after=0.0).regressed
+    # a fall of the other classes' validation Dice still counts
+    worse_elsewhere = replace(learned, val_other_before=0.7, val_other_after=0.4)
+    assert worse_elsewhere.regressed and worse_elsewhere.gate_scores() == (0.4, 0.7, OTHERS_FIGURE)
+    assert not replace(learned, val_other_before=0.7, val_other_after=0.75).regressed
+    # the round itself measured the other classes (only what the tiny model calls nerve there)
+    for figure in (result.val_other_before, result.val_other_after):
+        assert figure is None or 0.0 <= figure <= 1.0
+    assert result.model.config.provenance["val_other_dice_after"] == (
+        None if result.val_other_after is None else round(result.val_other_after, 4))
 
 
 def test_a_round_that_forgot_the_lesion_says_so_with_the_figure_it_used(small_model, monkeypatch):
@@ -362,19 +373,24 @@ class _Oracle(torch.nn.Module):
         return out
 
 
-def test_corrections_fit_scores_the_training_pixels_only():
+def test_corrections_fit_scores_every_trusted_pixel():
     from napari_unet.core.finetune import Correction, corrections_fit
 
     labels = np.zeros((32, 32), np.int64)
     labels[8:16, 8:16] = 1
     train = np.ones((32, 32), np.float32)
-    train[:, 16:] = 0  # held back: what is predicted there does not count
+    train[:, 16:] = 0  # held back (no lesion there): what is called lesion there is a false alarm
     entry = Correction("a", np.zeros((1, 32, 32), np.float32), labels, train, train == 0, [], 1)
     assert corrections_fit(_Oracle(labels), [entry], [1]) == pytest.approx(1.0)
     assert corrections_fit(_Oracle(np.zeros_like(labels)), [entry], [1]) == 0.0
     elsewhere = labels.copy()
-    elsewhere[:, 20:] = 1  # false lesion on held-back pixels only
-    assert corrections_fit(_Oracle(elsewhere), [entry], [1]) == pytest.approx(1.0)
+    elsewhere[:, 20:] = 1  # false lesion on held-back pixels only: counted in proportion
+    assert corrections_fit(_Oracle(elsewhere), [entry], [1]) == pytest.approx(2 * 64 / (64 + 64 + 32 * 12))
+    speck = labels.copy()
+    speck[30, 30] = 1  # one false pixel there barely moves it (a blind validation Dice goes 1 -> 0)
+    assert corrections_fit(_Oracle(speck), [entry], [1]) == pytest.approx(128 / 129)
+    untrusted = Correction("b", entry.plane, labels, train, np.zeros_like(train, bool), [], 1)
+    assert corrections_fit(_Oracle(elsewhere), [untrusted], [1]) == pytest.approx(1.0)  # not trusted: not scored
     half = np.zeros_like(labels)
     half[8:16, 8:12] = 1  # half the lesion: Dice 2*32/(32+64)
     assert corrections_fit(_Oracle(half), [entry], [1]) == pytest.approx(2 / 3)
@@ -533,3 +549,14 @@ def test_a_round_trains_on_crops_as_large_as_the_slice_up_to_256_px(small_model,
     assert len(seen) == 2 and all(s[0] == batch and s[2:] == (crop, crop) for s in seen)
     assert result.model.config.provenance["crop"] == crop
     assert result.model.config.provenance["batch"] == batch
+
+
+def test_dice_without_counts_the_blind_classes_as_background():
+    from napari_unet.core.finetune import dice_without
+
+    # rows: target background / tumour / nerve; columns: predicted
+    matrix = np.array([[90, 5, 0], [0, 0, 0], [0, 0, 10]])  # 5 false tumour px, nerve all right
+    assert dice_without(matrix, [1]) == pytest.approx(1.0)  # nerve only
+    assert dice_without(np.array([[90, 5, 0], [0, 0, 0], [2, 0, 8]]), [1]) == pytest.approx(16 / 18)
+    assert dice_without(np.array([[95, 5], [0, 0]]), [1]) is None  # nothing else to judge
+

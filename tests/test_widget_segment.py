@@ -38,6 +38,27 @@ def test_click_segment_makes_a_labels_layer(widget, qtbot, blob_image):
     np.testing.assert_allclose(labels.colormap.map(np.array([1]))[0][:3], (1.0, 59 / 255, 48 / 255), atol=0.01)
     assert labels.metadata["napari_unet"]["image_layer"] == "scan"
     assert w.segment_button.enabled and "done" in w.status.value
+    # a class the model found nowhere is named, with what to do about it
+    missing = [name for class_id, name in ((1, "tumor"), (2, "nerve")) if not (labels.data == class_id).any()]
+    assert (f"No {' or '.join(missing)} found" in w.status.value) == bool(missing)
+
+def test_segment_names_what_it_did_not_find(widget, qtbot, blob_image, tiny_model, tmp_path):
+    import torch
+
+    from napari_unet.core.weights import save_model
+
+    viewer, w = widget
+    with torch.no_grad():  # a model that calls every pixel background
+        tiny_model.net.head.weight.zero_()
+        tiny_model.net.head.bias.copy_(torch.tensor([10.0, -10.0, -10.0]))
+    w.model_folder.value = str(save_model(tiny_model, tmp_path / "background-only"))
+    viewer.add_image(blob_image, name="scan")
+    w.reset_choices()
+    w.segment()
+    _wait(qtbot, w)
+    assert not viewer.layers["scan segmentation"].data.any()
+    assert "tumor 0 px, nerve 0 px. No tumor or nerve found: paint it on one slice" in w.status.value
+    assert w.status.value.endswith("then press Fine-tune")
 
 
 def test_resegmenting_keeps_user_edits(widget, qtbot, blob_image):

@@ -290,6 +290,11 @@ class FinetuneResult:
     #: for the base and the new model (:func:`corrections_fit`), else ``None``
     fit_before: float | None = None
     fit_after: float | None = None
+    #: with blind classes: the validation Dice of the other classes (the blind
+    #: ones counted as background), for the base and the new model; ``None``
+    #: when no other foreground class is marked or predicted there
+    val_other_before: float | None = None
+    val_other_after: float | None = None
 
     def _blind_names(self) -> str:
         names = {c.id: c.name for c in self.model.config.classes}
@@ -309,21 +314,48 @@ class FinetuneResult:
 
     def gate_scores(self) -> tuple[float | None, float | None, str]:
         """(new, base, what) for the regression gate: the validation Dice; but
-        when the held-back pixels cannot see a class the round learned and the
-        validation Dice did not fall, that class's Dice on the corrected slices
-        (a fit to what the user marked: a round that forgot it is held back,
-        where blind validation figures of 0 -> 0 would promote anything)."""
+        when the held-back pixels cannot see a class the round learned, that
+        class's Dice on every trusted pixel of the corrected slices (a fit to
+        what the user marked, where false alarms in the held-back pixels count
+        in proportion: a round that forgot the lesion is held back, where blind
+        validation figures of 0 -> 0 would promote anything, and a round that
+        learned it is not held back for one false pixel there, which takes a
+        blind validation figure from 1 to 0). The other classes' validation
+        Dice still counts when it falls."""
         validation = (self.val_dice_after, self.val_dice_before, VALIDATION_FIGURE)
-        if self.blind_classes and self.fit_before is not None and self.fit_after is not None \
-                and not _fell(*validation[:2]):
-            return self.fit_after, self.fit_before, f"{self._blind_names()} Dice on the slices it learned from"
-        return validation
+        if not self.blind_classes or self.fit_before is None or self.fit_after is None:
+            return validation
+        others = (self.val_other_after, self.val_other_before, OTHERS_FIGURE)
+        if _fell(*others[:2]):
+            return others
+        return self.fit_after, self.fit_before, f"{self._blind_names()} Dice on the slices it learned from"
 
     @property
     def regressed(self) -> bool:
         """Whether the new model scores lower than its base by
         :meth:`gate_scores` (a user should hear about it before using it)."""
         return _fell(*self.gate_scores()[:2])
+
+
+#: what :meth:`FinetuneResult.gate_scores` compares when the blind classes are set aside
+OTHERS_FIGURE = "validation Dice of the other classes on the held-back trusted pixels"
+
+
+def dice_without(matrix: np.ndarray, classes: list[int]) -> float | None:
+    """Mean foreground Dice of a confusion matrix with ``classes`` counted as
+    background (in target and prediction); ``None`` when no other foreground
+    class is marked or predicted."""
+    from .metrics import dice_from_confusion
+
+    merged = np.array(matrix, dtype=np.int64, copy=True)
+    for c in (c for c in classes if c < len(merged)):
+        merged[0, :] += merged[c, :]
+        merged[c, :] = 0
+        merged[:, 0] += merged[:, c]
+        merged[:, c] = 0
+    dice = dice_from_confusion(merged)[1:]
+    scores = [float(d) for c, d in enumerate(dice, start=1) if c not in classes and not np.isnan(d)]
+    return float(np.mean(scores)) if scores else None
 
 
 def _fell(after: float | None, before: float | None) -> bool:
@@ -721,10 +753,12 @@ def _predict_around(net: torch.nn.Module, plane: np.ndarray, where: np.ndarray, 
 
 
 def corrections_fit(net: torch.nn.Module, entries: list[Correction], classes: list[int]) -> float | None:
-    """Mean Dice of ``classes`` on the corrections' *training* pixels: how well
-    ``net`` reproduces what the user marked on the slices the round learned
-    from (seen in training, so it is a fit, not a test). ``None`` when no
-    such pixel is predicted or marked as any of the classes."""
+    """Mean Dice of ``classes`` on every trusted pixel of the corrections: how
+    well ``net`` reproduces what the user marked on the slices the round
+    learned from (the training pixels were seen in training, so it is a fit,
+    not a test; the held-back ones, where these classes are (almost) absent,
+    count what the model calls them there as false alarms, in proportion).
+    ``None`` when no such pixel is predicted or marked as any of the classes."""
     modes = [m.training for m in net.modules()]
     device = next(net.parameters()).device
     net.eval()
@@ -733,8 +767,8 @@ def corrections_fit(net: torch.nn.Module, entries: list[Correction], classes: li
     try:
         with torch.inference_mode():
             for entry in entries:
-                trained = entry.train_mask > 0
-                pred, truth = _predict_around(net, entry.plane, trained, device)[trained], entry.labels[trained]
+                trusted = (entry.train_mask > 0) | entry.val_mask
+                pred, truth = _predict_around(net, entry.plane, trusted, device)[trusted], entry.labels[trusted]
                 for c in classes:
                     overlap[c] += int(np.count_nonzero((pred == c) & (truth == c)))
                     sizes[c] += int(np.count_nonzero(pred == c) + np.count_nonzero(truth == c))
@@ -1055,6 +1089,14 @@ def finetune_iter(
     if blind:  # the held-back pixels cannot judge these classes: how well do they fit?
         finished.fit_before = corrections_fit(compared.net, entries, blind)
         finished.fit_after = corrections_fit(new.net, entries, blind)
+        if validation:
+            from .train import validation_matrix
+
+            if not extra:  # a base without the added classes cannot be scored on them
+                finished.val_other_before = dice_without(validation_matrix(compared, validation, "cpu")[0], blind)
+            finished.val_other_after = dice_without(validation_matrix(new, validation, "cpu")[0], blind)
+            provenance["val_other_dice_before"] = _round_or_none(finished.val_other_before)
+            provenance["val_other_dice_after"] = _round_or_none(finished.val_other_after)
         provenance["blind_classes"] = list(blind)
         provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
         provenance["fit_dice_after"] = _round_or_none(finished.fit_after)

@@ -241,20 +241,16 @@ def _to_tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch
     )
 
 
-def validation_scores(
+def validation_matrix(
     model: SegmentationModel,
     validation: Sequence[Batch],
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> tuple[float, float]:
-    """``(dice, soft_dice)`` of ``model`` over the trusted pixels of all batches.
-
-    ``dice`` is :func:`validation_dice`. ``soft_dice`` is the Dice of the
-    softmax probabilities, averaged over the foreground classes present in the
-    targets (the background's when there is none): it rises while a model is
-    still learning a structure it does not yet predict, so it breaks ties
-    between weights whose hard Dice is the same (typically 0 early on).
-    """
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(confusion, intersection, total)`` of ``model`` over the trusted
+    pixels of all batches: the (K, K) confusion matrix of the argmax (rows the
+    target class) and, per class, the soft-Dice sums of the softmax
+    probabilities. The network's train/eval mode is restored afterwards."""
     device = resolve_device(device)
     net = model.net
     was_training = net.training
@@ -278,6 +274,25 @@ def validation_scores(
                 matrix += confusion_matrix(pred, y.cpu().numpy(), k, mask.cpu().numpy())
     finally:
         net.train(was_training)
+    return matrix, inter, total
+
+
+def validation_scores(
+    model: SegmentationModel,
+    validation: Sequence[Batch],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """``(dice, soft_dice)`` of ``model`` over the trusted pixels of all batches.
+
+    ``dice`` is :func:`validation_dice`. ``soft_dice`` is the Dice of the
+    softmax probabilities, averaged over the foreground classes present in the
+    targets (the background's when there is none): it rises while a model is
+    still learning a structure it does not yet predict, so it breaks ties
+    between weights whose hard Dice is the same (typically 0 early on).
+    """
+    matrix, inter, total = validation_matrix(model, validation, device, dtype)
+    k = matrix.shape[0]
     if matrix.sum() == 0:
         return float("nan"), float("nan")
     present = matrix.sum(axis=1) > 0

@@ -602,7 +602,25 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         if outcome.removed_text:
             self.summary.value += f" In the new labels: {outcome.removed_text}."
         self.status.value = "done: labels updated (your corrections kept as they are)"
-        show_info(f"Fine-tuned {outcome.version.id}: val. Dice {_fmt(before)} → {_fmt(after)}.")
+        show_info(f"Fine-tuned {outcome.version.id}: {_headline(result)}.")
+
+
+def _headline(result) -> str:
+    """The round's figure for the notification: what the version gate compared
+    (the validation Dice, or, when the held-back pixels hold almost none of a
+    class the round learned, that class's Dice on the corrected slices; a
+    blind "val. Dice 0.000 → 1.000" alone would overstate the round)."""
+    from napari_unet.core.finetune import OTHERS_FIGURE  # loaded by the round already
+    from napari_unet.core.versions import VALIDATION_FIGURE
+
+    if result is None:
+        return "val. Dice n/a"
+    new, base, what = result.gate_scores()
+    if what == VALIDATION_FIGURE:
+        return f"val. Dice {_fmt(base)} → {_fmt(new)}"
+    if what == OTHERS_FIGURE:
+        return f"{what} {_fmt(base)} → {_fmt(new)}"
+    return f"{what} {_fmt(base)} → {_fmt(new)} (the held-back pixels could not tell)"
 
 
 def _caveat(outcome) -> str:

@@ -338,6 +338,10 @@ class SegmentWidget(Container):
         if isinstance(labels, np.ndarray):
             counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
             self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
+            missing = [k for k, v in counts.items() if v == 0]
+            if missing:  # what to do next, rather than an empty layer and no word
+                self.status.value += (f". No {' or '.join(missing)} found: paint it on one slice with the "
+                                      "brush, then press Fine-tune")
         else:
             self.status.value = f"done ({where})"
 
