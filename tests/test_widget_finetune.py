@@ -418,10 +418,10 @@ def test_the_notification_shows_the_fit_when_validation_cannot_see_the_lesion(ti
     assert _headline(seen) == "val. Dice 0.200 → 0.700"
     blind = FinetuneResult(tiny_model, 0.0, 1.0, 500, 1, 3.0, [], blind_classes=[1], fit_before=0.0, fit_after=0.64)
     text = _headline(blind)
-    assert text.startswith(f"{name} Dice on the slices it learned from 0.000 → 0.640")
+    assert text.startswith(f"0.000 → 0.640 ({name} Dice on the slices it learned from")
     assert "1.000" not in text
     # a fall of the other classes' validation figure is shown as such
     fell = FinetuneResult(tiny_model, 0.8, 0.3, 500, 1, 3.0, [], blind_classes=[1], fit_before=0.0, fit_after=0.64,
                           val_other_before=0.8, val_other_after=0.3)
-    assert _headline(fell) == "validation Dice of the other classes on the held-back trusted pixels 0.800 → 0.300"
+    assert _headline(fell) == "0.800 → 0.300 (val. Dice of the classes the held-back pixels hold)"
     assert _headline(None) == "val. Dice n/a"

@@ -618,9 +618,10 @@ def _headline(result) -> str:
     new, base, what = result.gate_scores()
     if what == VALIDATION_FIGURE:
         return f"val. Dice {_fmt(base)} → {_fmt(new)}"
+    # the numbers first: a notification shows its first 40-odd characters
     if what == OTHERS_FIGURE:
-        return f"{what} {_fmt(base)} → {_fmt(new)}"
-    return f"{what} {_fmt(base)} → {_fmt(new)} (the held-back pixels could not tell)"
+        return f"{_fmt(base)} → {_fmt(new)} (val. Dice of the classes the held-back pixels hold)"
+    return f"{_fmt(base)} → {_fmt(new)} ({what}; the held-back pixels could not tell)"
 
 
 def _caveat(outcome) -> str:
