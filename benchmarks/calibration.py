@@ -6,8 +6,11 @@ cases (before and after a fine-tuning round) and on simulated scans.
 
 * real cases: the held-out slices of the real-scans protocol
   (``benchmarks/bench_hitl_real.py``); "before" is the bundled model,
-  "after" the k=3 round's model saved by ``bench_hitl_real.py --save-models
-  DIR`` (``DIR/NAME-k3``; skipped when absent);
+  "after" the k=3 rounds' models saved by ``bench_hitl_real.py --save-models
+  DIR`` (``DIR/NAME-k3``) or ``bench_grow.py --save-models DIR``
+  (``DIR/NAME-k3-sS``, every seed pooled); skipped when absent;
+* ``--flips 1 4``: plain predictions and test-time flips (the mean of four
+  mirrored predictions), each scored;
 * simulated: held-out simulated CT and MRI scans (the test stream);
 * expected calibration error (ECE, 10 equal-width bins) of the top-class
   confidence over all pixels, and of the tumour probability on the pixels
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,11 +75,20 @@ def scores(probs: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def predict_probs(model, volume: np.ndarray, ranges=None) -> np.ndarray:
+def predict_probs(model, volume: np.ndarray, ranges=None, flips: int = 1) -> np.ndarray:
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
 
-    options = PredictOptions(device="cpu", return_probabilities=True)
+    options = PredictOptions(device="cpu", return_probabilities=True, flips=flips)
     return run_to_end(predict_iter(volume, model, options, intensity_ranges=ranges)).probabilities
+
+
+def tuned_models(folder: Path | None, name: str) -> list[Path]:
+    """The saved k=3 rounds of a case: ``NAME-k3`` (``bench_hitl_real.py
+    --save-models``) or ``NAME-k3-sS``, one per seed (``bench_grow.py
+    --save-models``)."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and re.fullmatch(rf"{name}-k3(-s\d+)?", p.name))
 
 
 def real(args, base) -> dict:
@@ -87,14 +100,19 @@ def real(args, base) -> dict:
         volume, truth, _ = load_case(args.data, name)
         median, _ = split(truth)
         ranges = intensity_ranges(volume, base.config.input, False)
-        entry = {"before": scores(predict_probs(base, volume[median:], ranges), truth[median:])}
-        tuned = args.tuned / f"{name}-k3" if args.tuned else None
-        if tuned is not None and tuned.is_dir():
-            model = load_model(tuned, "cpu")
-            entry["after"] = scores(predict_probs(model, volume[median:], ranges), truth[median:])
+        held_out, truth_out = volume[median:], truth[median:]
+        models = [load_model(path, "cpu") for path in tuned_models(args.tuned, name)]
+        entry = {}
+        for flips in args.flips:
+            tag = "" if flips == 1 else f" flips{flips}"
+            entry["before" + tag] = scores(predict_probs(base, held_out, ranges, flips), truth_out)
+            if models:  # every seed's round pooled: one reliability curve over all their pixels
+                probs = [predict_probs(m, held_out, ranges, flips) for m in models]
+                entry["after" + tag] = scores(np.concatenate(probs, axis=1), np.concatenate([truth_out] * len(probs)))
+                entry["after" + tag]["rounds"] = len(models)
         out[name] = entry
-        after = f", after k=3 {entry['after']['tumour']['ece']:.3f}" if "after" in entry else ""
-        print(f"{name}: tumour ECE before {entry['before']['tumour']['ece']:.3f}{after}", file=sys.stderr)
+        print(f"{name}: tumour ECE " + ", ".join(f"{w} {v['tumour']['ece']:.3f}" for w, v in entry.items()),
+              file=sys.stderr)
     return out
 
 
@@ -107,12 +125,15 @@ def simulated(args, base) -> dict:
     out = {}
     for modality in ("ct", "mri"):
         probs, truths = [], []
-        for _ in range(args.sim_scans):
-            image, labels = simulate_scan(rng, (256, 256), modality, config=config)
-            probs.append(predict_probs(base, image))
-            truths.append(labels)
-        out[f"sim {modality}"] = {"before": scores(np.stack(probs, axis=1), np.stack(truths))}
-        print(f"sim {modality}: tumour ECE {out[f'sim {modality}']['before']['tumour']['ece']:.3f}", file=sys.stderr)
+        scans = [simulate_scan(rng, (256, 256), modality, config=config) for _ in range(args.sim_scans)]
+        truths = np.stack([labels for _, labels in scans])
+        entry = {}
+        for flips in args.flips:
+            probs = np.stack([predict_probs(base, image, flips=flips) for image, _ in scans], axis=1)
+            entry["before" + ("" if flips == 1 else f" flips{flips}")] = scores(probs, truths)
+        out[f"sim {modality}"] = entry
+        print(f"sim {modality}: tumour ECE " + ", ".join(f"{w} {v['tumour']['ece']:.3f}" for w, v in entry.items()),
+              file=sys.stderr)
     return out
 
 
@@ -125,11 +146,11 @@ def picture(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(2.8 * len(results), 3), dpi=100, squeeze=False)
     for ax, (name, entry) in zip(axes[0], results.items()):
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
-        for when, style in (("before", "o-"), ("after", "s-")):
+        for when, style in (("before", "o-"), ("after", "s-"), ("after flips4", "s--")):
             if when in entry:
                 rel = entry[when]["tumour"]
                 ax.plot(rel["confidence"], rel["accuracy"], style, ms=3,
-                        label=f"{when if when == 'before' else 'after k=3'} (ECE {rel['ece']:.2f})")
+                        label=f"{when.replace('after', 'after k=3')} (ECE {rel['ece']:.2f})")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("p(tumour)", fontsize=8)
         ax.set_xlim(0, 1)
@@ -150,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuned", type=Path, default=ROOT / ".cache" / "bench_hitl_real_models")
     p.add_argument("--sim-scans", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flips", type=int, nargs="+", choices=(1, 4), default=[1],
+                   help="score plain predictions (1), test-time flips (4), or both")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--picture", type=Path, default=None)
     args = p.parse_args(argv)
@@ -163,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         slim = {n: {w: {"top_class_ece": v["top_class"]["ece"], "tumour_ece": v["tumour"]["ece"],
-                        "tumour_pixels": v["tumour_pixels"], "mean_uncertainty": v["mean_uncertainty"]}
+                        "tumour_pixels": v["tumour_pixels"], "mean_uncertainty": v["mean_uncertainty"],
+                        **({"rounds": v["rounds"]} if "rounds" in v else {})}
                     for w, v in e.items()} for n, e in results.items()}
         args.json.write_text(json.dumps({"model": base.config.name, "results": slim}, indent=1) + "\n")
     if args.picture:

@@ -36,3 +36,14 @@ def test_bad_later_options_are_a_one_line_error(bench, tmp_path, capsys):
     assert "--later-options" in capsys.readouterr().err
     assert bench.main(["--data", str(tmp_path), "--later-options", '{"augment": {"scale_prob": 2}}']) == 2
     assert "--later-options" in capsys.readouterr().err
+
+
+def test_calibration_finds_the_saved_k3_rounds_of_a_case(load_benchmark, tmp_path):
+    calibration = load_benchmark("calibration")
+    for name in ("brain1-k3", "brain1-k3-s0", "brain1-k3-s2", "brain1-k10-s0", "brain10-k3", "lung2-k3-s0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "brain1-k3-s1").write_text("not a model folder")
+    found = [p.name for p in calibration.tuned_models(tmp_path, "brain1")]
+    assert found == ["brain1-k3", "brain1-k3-s0", "brain1-k3-s2"]
+    assert calibration.tuned_models(tmp_path / "missing", "brain1") == []
+    assert calibration.tuned_models(None, "brain1") == []
