@@ -47,3 +47,28 @@ def test_calibration_finds_the_saved_k3_rounds_of_a_case(load_benchmark, tmp_pat
     assert found == ["brain1-k3", "brain1-k3-s0", "brain1-k3-s2"]
     assert calibration.tuned_models(tmp_path / "missing", "brain1") == []
     assert calibration.tuned_models(None, "brain1") == []
+
+
+def test_the_nrrd_reader_gives_the_array_and_a_ras_affine(load_benchmark):
+    import gzip
+
+    import numpy as np
+
+    fetch = load_benchmark("fetch_pyradiomics_cases")
+    array = np.arange(4 * 3 * 2, dtype="<i2").reshape(2, 3, 4).transpose(2, 1, 0)  # (x, y, z) = (4, 3, 2)
+    header = ("NRRD0004\n# a comment\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
+              "sizes: 4 3 2\nspace directions: (0.5,0,0) (0,-0.5,0) (0,0,5)\nkinds: domain domain domain\n"
+              "endian: little\nencoding: gzip\nspace origin: (-10,20,-30)\n\n")
+    raw = header.encode() + gzip.compress(np.ascontiguousarray(array.transpose(2, 1, 0)).tobytes())
+    read, affine = fetch.read_nrrd(raw)
+    np.testing.assert_array_equal(read, array)  # x fastest in the file, as NRRD stores it
+    # LPS -> RAS: x and y rows change sign (directions and origin)
+    np.testing.assert_allclose(affine, [[-0.5, 0, 0, 10], [0, 0.5, 0, -20], [0, 0, 5, -30], [0, 0, 0, 1]])
+    with pytest.raises(ValueError, match="NRRD"):
+        fetch.read_nrrd(b"P6\n1 1\n255\n\n...")
+
+
+def test_the_extra_cases_are_never_written_into_the_repository(load_benchmark, capsys):
+    fetch = load_benchmark("fetch_pyradiomics_cases")
+    assert fetch.main(["--out", str(fetch.ROOT / ".cache" / "extra")]) == 2
+    assert "inside the repository" in capsys.readouterr().err

@@ -234,6 +234,31 @@ def test_validation_never_takes_most_of_a_lesion_one_slice_shows():
         assert ((train > 0) & (labels == 1)).sum() >= MIN_TRAIN_SHARE * lesion, seed
 
 
+def test_a_lesion_validation_cannot_judge_keeps_all_its_pixels_for_training(small_model):
+    """A 161 px nodule on a 512 px CT slice (the real lung1 case): the split
+    held back 5 of its pixels (too few for validation to judge it) and lost
+    40 more to guard bands. Now either the held-back pixels hold enough of a
+    class to judge it, or every trusted pixel of it trains."""
+    from napari_unet.core.finetune import MIN_VAL_CLASS_PIXELS, _block_split
+
+    yy, xx = np.mgrid[:512, :512]
+    labels = (((yy - 260) ** 2 + (xx - 140) ** 2) < 7.2**2).astype(np.int64)
+    image = (-800 + 30 * np.random.default_rng(1).standard_normal(labels.shape)).astype(np.float32)
+    image[labels == 1] = 20
+    lesion = labels == 1
+    lost_by_the_raw_split = 0
+    for seed in range(6):
+        train, val, blocks = _block_split(np.ones(labels.shape, bool), np.random.default_rng(seed), FinetuneOptions(),
+                                          labels)
+        lost_by_the_raw_split += int(((train > 0) & lesion).sum()) < int(lesion.sum())
+        (entry,), _ = prepare_corrections(image, labels, None, small_model, FinetuneOptions(), seed, 1)
+        assert entry.val_blocks  # the slice still gets a validation split
+        held, trained = int((entry.val_mask & lesion).sum()), int(((entry.train_mask > 0) & lesion).sum())
+        assert held >= MIN_VAL_CLASS_PIXELS or (held == 0 and trained == int(lesion.sum())), (seed, held, trained)
+        assert len(entry.class_coords[1]) == trained  # the sampler sees them
+    assert lost_by_the_raw_split  # the per-slice split alone does lose some of the nodule
+
+
 @pytest.mark.parametrize("lesion, expected", [(3, ("last", None)), (40, ("best", 8))])
 def test_keep_auto_trusts_validation_only_when_it_holds_the_lesion(small_model, monkeypatch, lesion, expected):
     """A lesion too small to spare validation pixels: held-back blocks without it can
@@ -560,3 +585,26 @@ def test_dice_without_counts_the_blind_classes_as_background():
     assert dice_without(np.array([[90, 5, 0], [0, 0, 0], [2, 0, 8]]), [1]) == pytest.approx(16 / 18)
     assert dice_without(np.array([[95, 5], [0, 0]]), [1]) is None  # nothing else to judge
 
+
+
+def test_a_lesion_alone_keeps_its_blind_split():
+    """When only the lesion was marked, giving its few held-back pixels back
+    would leave no validation at all: the split stays (the version gate then
+    judges the fit on the corrected slices)."""
+    from napari_unet.core.finetune import _train_on_what_validation_cannot_judge
+
+    labels = np.zeros((32, 32), np.int64)
+    labels[8:20, 8:20] = 1
+    train = (labels == 1).astype(np.float32)
+    val = np.zeros((32, 32), bool)
+    train[8:10, 8:12], val[8:10, 8:12] = 0, True  # 8 lesion pixels held back
+    alone = [("a", None, labels, train.copy(), val.copy(), [(8, 8, 4)])]
+    _train_on_what_validation_cannot_judge(alone)
+    np.testing.assert_array_equal(alone[0][4], val)
+    with_background = labels.copy()
+    val_bg = val.copy()
+    val_bg[24:28, 24:28] = True  # background held back too: the lesion goes back to training
+    split = [("a", None, with_background, train.copy(), val_bg.copy(), [(8, 8, 4), (24, 24, 4)])]
+    _train_on_what_validation_cannot_judge(split)
+    assert not (split[0][4] & (labels == 1)).any() and split[0][4][24:28, 24:28].all()
+    assert (split[0][3][labels == 1] == 1).all()

@@ -407,6 +407,8 @@ def _block_split(
     trusted pixels on the slice for training, outside the held-back blocks and
     their guard bands. (It used to be "any pixel": a 64-px block over a lung
     tumour one slice showed left 6 of its 1 751 pixels to learn from.)
+    :func:`prepare_corrections` gives a class back to training whole when
+    the blocks of all its slices hold too little of it to judge it.
     """
     empty = np.zeros_like(trusted, dtype=bool)
     if options.val_fraction == 0:
@@ -860,7 +862,7 @@ def prepare_corrections(
     config = model.config
     ranges = intensity_ranges(image, config.input, rgb)
     planes = range(labels.shape[0]) if volume else [None]
-    corrections = []
+    split = []
     for z in planes:
         trusted = trusted_all[z] if z is not None else trusted_all
         if not trusted.any():
@@ -872,18 +874,42 @@ def prepare_corrections(
         split_rng = np.random.default_rng([seed, int(key[:8], 16)])
         train_mask, val_mask, blocks = _block_split(trusted, split_rng, options, slice_labels)
         safe_labels = np.where(trusted, slice_labels, 0).astype(np.int64)
-        corrections.append(
-            Correction(
-                key=key,
-                plane=np.ascontiguousarray(plane, dtype=np.float32),
-                labels=safe_labels,
-                train_mask=train_mask,
-                val_mask=val_mask,
-                val_blocks=blocks,
-                round=round_index,
-            )
-        )
+        split.append((key, plane, safe_labels, train_mask, val_mask, blocks))
+    _train_on_what_validation_cannot_judge(split)
+    corrections = [
+        Correction(key=key, plane=np.ascontiguousarray(plane, dtype=np.float32), labels=safe_labels,
+                   train_mask=train_mask, val_mask=val_mask, val_blocks=blocks, round=round_index)
+        for key, plane, safe_labels, train_mask, val_mask, blocks in split
+    ]
     return corrections, total
+
+
+def _train_on_what_validation_cannot_judge(split: list[tuple]) -> None:
+    """In place: a foreground class of which the held-back blocks of all the
+    slices hold fewer than :data:`MIN_VAL_CLASS_PIXELS` pixels (validation is
+    blind to it anyway) trains on every pixel of it, the held-back and the
+    guard-band ones too. The split used to hold back 5 pixels of a 161-pixel
+    lung nodule (the real lung1 case) and lose 40 more to the guard bands: a
+    blind validation figure and a starved lesion at once. Left as split when
+    no other held-back pixel would remain (the user marked only the lesion):
+    the round then keeps its blind validation and the version gate its fit on
+    the corrected slices. ``split``: (key,
+    plane, labels, train_mask, val_mask, blocks) per slice, labels 0 where
+    not trusted."""
+    held: dict[int, int] = {}
+    present: set[int] = set()
+    for _, _, labels, _, val_mask, _ in split:
+        present.update(int(c) for c in np.unique(labels) if c)
+        values, counts = np.unique(labels[val_mask], return_counts=True)
+        for v, n in zip(values, counts):
+            held[int(v)] = held.get(int(v), 0) + int(n)
+    blind = [c for c in sorted(present) if held.get(c, 0) < MIN_VAL_CLASS_PIXELS]
+    if not blind or not any((val_mask & ~np.isin(labels, blind)).any() for _, _, labels, _, val_mask, _ in split):
+        return  # nothing else held back (only the lesion was marked): the split stays, the fit judges it
+    for _, _, labels, train_mask, val_mask, _ in split:
+        own = np.isin(labels, blind)
+        train_mask[own] = 1.0
+        val_mask[own] = False
 
 
 # ------------------------------------------------------------------ the round
