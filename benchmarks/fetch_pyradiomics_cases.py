@@ -73,8 +73,11 @@ def download(cache: Path) -> bytes:
     path = cache / "pyradiomics-3.1.0.tar.gz"
     if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(URL, timeout=120) as response:  # noqa: S310 (a fixed https URL)
-            data = response.read()
+        try:
+            with urllib.request.urlopen(URL, timeout=120) as response:  # noqa: S310 (a fixed https URL)
+                data = response.read()
+        except OSError as exc:  # URLError, timeouts: one line, not a traceback
+            raise SystemExit(f"cannot download {URL}: {exc}") from None
         partial = path.with_suffix(".part")
         partial.write_bytes(data)
         partial.replace(path)

@@ -577,7 +577,7 @@ def test_a_round_trains_on_crops_as_large_as_the_slice_up_to_256_px(small_model,
 
 
 def test_dice_without_counts_the_blind_classes_as_background():
-    from napari_unet.core.finetune import dice_without
+    from napari_unet.core.metrics import dice_without
 
     # rows: target background / tumour / nerve; columns: predicted
     matrix = np.array([[90, 5, 0], [0, 0, 0], [0, 0, 10]])  # 5 false tumour px, nerve all right

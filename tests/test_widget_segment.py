@@ -57,7 +57,7 @@ def test_segment_names_what_it_did_not_find(widget, qtbot, blob_image, tiny_mode
     w.segment()
     _wait(qtbot, w)
     assert not viewer.layers["scan segmentation"].data.any()
-    assert "tumor 0 px, nerve 0 px. No tumor or nerve found: paint it on one slice" in w.status.value
+    assert "tumor 0 px, nerve 0 px. No tumor or nerve found; if there is one, paint it with the brush" in w.status.value
     assert w.status.value.endswith("then press Fine-tune")
 
 

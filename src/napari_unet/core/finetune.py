@@ -48,6 +48,7 @@ import torch
 from .augment import AugmentConfig, augment_sample
 from .config import ClassInfo
 from .device import autocast, resolve_device, resolve_precision
+from .metrics import dice_without
 from .model import to_instance_norm, widen
 from .normalize import intensity_ranges, normalize_slice
 from .train import Batch, TrainEvent, TrainOptions, TrainResult, copy_model, train_iter
@@ -339,23 +340,6 @@ class FinetuneResult:
 
 #: what :meth:`FinetuneResult.gate_scores` compares when the blind classes are set aside
 OTHERS_FIGURE = "validation Dice of the other classes on the held-back trusted pixels"
-
-
-def dice_without(matrix: np.ndarray, classes: list[int]) -> float | None:
-    """Mean foreground Dice of a confusion matrix with ``classes`` counted as
-    background (in target and prediction); ``None`` when no other foreground
-    class is marked or predicted."""
-    from .metrics import dice_from_confusion
-
-    merged = np.array(matrix, dtype=np.int64, copy=True)
-    for c in (c for c in classes if c < len(merged)):
-        merged[0, :] += merged[c, :]
-        merged[c, :] = 0
-        merged[:, 0] += merged[:, c]
-        merged[:, c] = 0
-    dice = dice_from_confusion(merged)[1:]
-    scores = [float(d) for c, d in enumerate(dice, start=1) if c not in classes and not np.isnan(d)]
-    return float(np.mean(scores)) if scores else None
 
 
 def _fell(after: float | None, before: float | None) -> bool:
@@ -792,12 +776,18 @@ def blind_classes(entries: list[Correction], validation: list[Batch]) -> list[in
     trained: set[int] = set()
     for entry in entries:
         trained.update(int(v) for v in np.unique(entry.labels[entry.train_mask > 0]) if v)
+    seen = _class_pixels((labels, mask > 0) for _, labels, mask in validation)
+    return sorted(c for c in trained if seen.get(c, 0) < MIN_VAL_CLASS_PIXELS)
+
+
+def _class_pixels(pairs) -> dict[int, int]:
+    """``{class id: pixels}`` over ``(labels, bool mask)`` pairs."""
     seen: dict[int, int] = {}
-    for _, labels, mask in validation:
-        values, counts = np.unique(labels[mask > 0], return_counts=True)
+    for labels, mask in pairs:
+        values, counts = np.unique(labels[mask], return_counts=True)
         for v, n in zip(values, counts):
             seen[int(v)] = seen.get(int(v), 0) + int(n)
-    return sorted(c for c in trained if seen.get(c, 0) < MIN_VAL_CLASS_PIXELS)
+    return seen
 
 
 def validation_batches(entries: list[Correction], divisor: int, max_blocks: int, batch: int = 8) -> list[Batch]:
@@ -896,13 +886,8 @@ def _train_on_what_validation_cannot_judge(split: list[tuple]) -> None:
     the corrected slices. ``split``: (key,
     plane, labels, train_mask, val_mask, blocks) per slice, labels 0 where
     not trusted."""
-    held: dict[int, int] = {}
-    present: set[int] = set()
-    for _, _, labels, _, val_mask, _ in split:
-        present.update(int(c) for c in np.unique(labels) if c)
-        values, counts = np.unique(labels[val_mask], return_counts=True)
-        for v, n in zip(values, counts):
-            held[int(v)] = held.get(int(v), 0) + int(n)
+    present = {int(c) for _, _, labels, _, _, _ in split for c in np.unique(labels) if c}
+    held = _class_pixels((labels, val_mask) for _, _, labels, _, val_mask, _ in split)
     blind = [c for c in sorted(present) if held.get(c, 0) < MIN_VAL_CLASS_PIXELS]
     if not blind or not any((val_mask & ~np.isin(labels, blind)).any() for _, _, labels, _, val_mask, _ in split):
         return  # nothing else held back (only the lesion was marked): the split stays, the fit judges it

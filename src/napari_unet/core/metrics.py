@@ -88,3 +88,18 @@ def score_from_confusion(matrix: np.ndarray, fallback: bool = True) -> float:
             return float(dice[0])
         return float("nan")
     return float(np.nanmean(foreground))
+
+
+def dice_without(matrix: np.ndarray, classes) -> float | None:
+    """Mean foreground Dice of a confusion matrix with ``classes`` counted as
+    background (in target and prediction); ``None`` when no other foreground
+    class is marked or predicted."""
+    merged = np.array(matrix, dtype=np.int64, copy=True)
+    for c in (c for c in classes if c < len(merged)):
+        merged[0, :] += merged[c, :]
+        merged[c, :] = 0
+        merged[:, 0] += merged[:, c]
+        merged[:, c] = 0
+    dice = dice_from_confusion(merged)[1:]
+    scores = [float(d) for c, d in enumerate(dice, start=1) if c not in classes and not np.isnan(d)]
+    return float(np.mean(scores)) if scores else None

@@ -339,9 +339,10 @@ class SegmentWidget(Container):
             counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
             self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
             missing = [k for k, v in counts.items() if v == 0]
-            if missing:  # what to do next, rather than an empty layer and no word
-                self.status.value += (f". No {' or '.join(missing)} found: paint it on one slice with the "
-                                      "brush, then press Fine-tune")
+            if missing:  # what to do next, rather than an empty layer and no word (a healthy scan has none)
+                where_to = "on one slice " if len(job["spatial"]) == 3 else ""
+                self.status.value += (f". No {' or '.join(missing)} found; if there is one, paint it "
+                                      f"{where_to}with the brush, then press Fine-tune")
         else:
             self.status.value = f"done ({where})"
 
