@@ -338,6 +338,24 @@ def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_mod
         assert result.fit_before is None and result.gate_scores()[2] == VALIDATION_FIGURE
 
 
+def test_a_round_without_held_back_pixels_is_judged_by_its_fit(small_model):
+    """val_fraction=0 trains on every trusted pixel: no validation figure, so the
+    gate compares each class's fit on the corrected slices, and says why."""
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[50:80, 50:80] = 1
+    image[labels == 1] += 600
+    options = FinetuneOptions(**{**FAST.__dict__, "val_fraction": 0.0})
+    result = finetune(image, labels, None, small_model, steps=3, device="cpu", options=options, return_result=True)
+    name = small_model.config.classes[1].name
+    assert result.validation_pixels == 0 and result.val_dice_after is None
+    assert result.blind_classes == [1]
+    assert 0.0 <= result.fit_before <= 1.0 and 0.0 <= result.fit_after <= 1.0
+    assert result.gate_scores() == (result.fit_after, result.fit_before, f"{name} Dice on the slices it learned from")
+    caveat = result.validation_caveat()
+    assert caveat.startswith(" (no pixel was held back") and f"{name} Dice" in caveat
+
+
 def test_with_blind_validation_a_round_that_forgets_the_lesion_counts_as_a_regression(small_model):
     from dataclasses import replace
 

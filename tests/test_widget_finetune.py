@@ -410,6 +410,8 @@ def test_a_later_round_retrains_the_first_model_on_every_correction(scene, sync,
 def test_the_notification_shows_the_fit_when_validation_cannot_see_the_lesion(tiny_model):
     """A blind validation figure (no tumour in the held-back pixels: 0 -> 1) is
     not what the toast shows; the lesion's fit on the corrected slices is."""
+    from dataclasses import replace
+
     from napari_unet.core.finetune import FinetuneResult
     from napari_unet.widgets.finetune import _headline
 
@@ -425,3 +427,6 @@ def test_the_notification_shows_the_fit_when_validation_cannot_see_the_lesion(ti
                           val_other_before=0.8, val_other_after=0.3)
     assert _headline(fell) == "0.800 → 0.300 (val. Dice of the classes the held-back pixels hold)"
     assert _headline(None) == "val. Dice n/a"
+    # held-back pixels that hold no lesion, against none held back at all
+    assert _headline(replace(blind, validation_pixels=900)).endswith("; the held-back pixels could not tell)")
+    assert _headline(blind).endswith("; no pixel was held back)")

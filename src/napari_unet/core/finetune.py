@@ -303,11 +303,15 @@ class FinetuneResult:
 
     def validation_caveat(self) -> str:
         """`` (the held-back pixels hold almost no tumor: ...)`` when the
-        validation figure cannot see a class the round learned, else "";
-        with the blind classes' Dice on the corrected slices when known."""
+        validation figure cannot see a class the round learned, or `` (no
+        pixel was held back: ...)`` when there is none, else ""; with the
+        blind classes' Dice on the corrected slices when known."""
         if not self.blind_classes:
             return ""
-        text = f" (the held-back pixels hold almost no {self._blind_names()}: this figure cannot tell whether the round learned it"
+        if not self.validation_pixels:
+            text = " (no pixel was held back for validation"
+        else:
+            text = f" (the held-back pixels hold almost no {self._blind_names()}: this figure cannot tell whether the round learned it"
         if self.fit_before is not None and self.fit_after is not None:
             text += (f"; on the slices it learned from, {self._blind_names()} Dice "
                      f"{self.fit_before:.3f} -> {self.fit_after:.3f}")
@@ -1006,7 +1010,9 @@ def finetune_iter(
     validation = validation_batches(entries, arch.divisor, options.max_val_blocks)
     validation_pixels = int(sum(b[2].sum() for b in validation))
     keep, patience = options.keep, options.patience
-    blind = blind_classes(entries, validation) if validation else []
+    # without held-back pixels (``val_fraction=0``, or slices too small for a
+    # block) every class is blind: the gate then compares the fit
+    blind = blind_classes(entries, validation)
     if keep == "auto":
         keep = "last" if blind or not validation else "best"
         if blind:

@@ -621,7 +621,8 @@ def _headline(result) -> str:
     # the numbers first: a notification shows its first 40-odd characters
     if what == OTHERS_FIGURE:
         return f"{_fmt(base)} → {_fmt(new)} (val. Dice of the classes the held-back pixels hold)"
-    return f"{_fmt(base)} → {_fmt(new)} ({what}; the held-back pixels could not tell)"
+    why = "the held-back pixels could not tell" if result.validation_pixels else "no pixel was held back"
+    return f"{_fmt(base)} → {_fmt(new)} ({what}; {why})"
 
 
 def _caveat(outcome) -> str:
