@@ -20,7 +20,8 @@ from napari_unet.core.metrics import mean_foreground_dice
 from napari_unet.core.predict import predict
 from napari_unet.core.versions import VALIDATION_FIGURE
 
-FAST = FinetuneOptions(lr=1e-2, crop_size=32, batch_size=4, val_every=10, patience=None, warmup_steps=2)
+FAST = FinetuneOptions(lr=1e-2, crop_size=32, batch_size=4, val_every=10, patience=None, warmup_steps=2,
+                       extend_unlearned=0)
 
 
 @pytest.fixture(autouse=True)
@@ -626,3 +627,71 @@ def test_a_lesion_alone_keeps_its_blind_split():
     _train_on_what_validation_cannot_judge(split)
     assert not (split[0][4] & (labels == 1)).any() and split[0][4][24:28, 24:28].all()
     assert (split[0][3][labels == 1] == 1).all()
+
+
+def _lesion_scene():
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((64, 64))).astype(np.float32)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[20:34, 20:34] = 1
+    image[labels == 1] += 600
+    return image, labels
+
+
+def _round(small_model, monkeypatch, fits, **kwargs):
+    """A time-budgeted round whose per-class fits on the corrected slices are
+    ``fits`` in turn (the first after the budget); returns (result, events, asked)."""
+    import napari_unet.core.finetune as ft
+
+    sequence = iter(fits)
+    asked = []
+
+    def fake_fits(net, entries, classes):
+        asked.append(list(classes))
+        return {c: next(sequence) for c in classes}
+
+    monkeypatch.setattr(ft, "class_fits", fake_fits)
+    image, labels = _lesion_scene()
+    options = FinetuneOptions(**{**FAST.__dict__, "extend_unlearned": 2, "plan_after": 3, "warmup_steps": 1})
+    events = []
+    generator = finetune_iter(image, labels, None, small_model, device="cpu", options=options, **kwargs)
+    try:
+        while True:
+            events.append(next(generator))
+    except StopIteration as finished:
+        return finished.value, events, asked
+
+
+def test_a_round_that_has_not_learned_the_lesion_trains_on_and_says_why(small_model, monkeypatch):
+    result, events, asked = _round(small_model, monkeypatch, [0.1, 0.3, 0.7], max_seconds=0.5)
+    budget = [e for e in events if not e.stage]
+    more = [e for e in events if e.stage]
+    name = small_model.config.classes[1].name
+    assert asked[0] == [1]  # the class the corrections mark
+    assert len(budget) >= 1 and len(more) == 2 * len(budget)  # two extensions of the budget's steps
+    assert [e.step for e in events] == list(range(1, len(events) + 1))  # steps go on counting
+    assert all(b.elapsed <= a.elapsed for b, a in zip(events, events[1:]))
+    assert more[0].stage.startswith(f"{name} not learned yet (Dice 0.10") and "1 of 2" in more[0].stage
+    assert "2 of 2" in more[-1].stage and "(Dice 0.30" in more[-1].stage
+    assert result.steps == len(events) and result.model.config.provenance["steps"] == len(events)
+    assert result.extra_steps == len(more) and result.model.config.provenance["extra_steps"] == len(more)
+    assert any("trained" in note and "more steps" in note for note in result.notes)
+
+
+def test_extending_stops_once_learned_or_without_progress(small_model, monkeypatch):
+    learned, events, _ = _round(small_model, monkeypatch, [0.8], max_seconds=0.5)
+    assert not any(e.stage for e in events) and not any("more steps" in n for n in learned.notes)
+    stuck, events, _ = _round(small_model, monkeypatch, [0.2, 0.2], max_seconds=0.5)
+    assert len([e for e in events if e.stage]) == len([e for e in events if not e.stage])  # one extension, then no gain
+
+
+def test_an_explicit_step_count_is_never_extended(small_model, monkeypatch):
+    result, events, asked = _round(small_model, monkeypatch, [0.0, 0.0, 0.0], steps=4)
+    assert result.steps == 4 and len(events) == 4 and not any(e.stage for e in events)
+    assert not asked
+
+
+def test_extend_options_are_checked():
+    with pytest.raises(ValueError, match="extend_unlearned"):
+        FinetuneOptions(extend_unlearned=-1)
+    with pytest.raises(ValueError, match="learned_fit"):
+        FinetuneOptions(learned_fit=1.5)

@@ -430,3 +430,26 @@ def test_the_notification_shows_the_fit_when_validation_cannot_see_the_lesion(ti
     # held-back pixels that hold no lesion, against none held back at all
     assert _headline(replace(blind, validation_pixels=900)).endswith("; the held-back pixels could not tell)")
     assert _headline(blind).endswith("; no pixel was held back)")
+
+
+def test_the_status_says_when_a_round_trains_on_past_its_budget(scene):
+    """A round that has not learned a marked class yet trains on; the status line says why."""
+    from napari_unet.core.train import TrainEvent
+
+    *_, widget = scene
+    common = dict(max_steps=None, elapsed=61.0, loss=0.4, lr=1e-3, val_dice=None, best_val_dice=0.5, improved=False)
+    widget._on_event(TrainEvent(step=150, **common))
+    assert widget.status.value.startswith("step 150, 61 s, loss 0.400")
+    stage = "tumor not learned yet (Dice 0.00 on the corrected slices): training on, 1 of 2"
+    widget._on_event(TrainEvent(step=151, **common, stage=stage))
+    assert widget.status.value == f"step 151, 61 s: {stage}"
+
+
+def test_the_summary_says_when_a_round_trained_past_its_budget(tiny_model):
+    from napari_unet.core.finetune import FinetuneResult
+    from napari_unet.widgets.finetune import _extended
+
+    assert _extended(FinetuneResult(tiny_model, 0.2, 0.7, 500, 1, 3.0, [])) == ""
+    assert _extended(None) == ""
+    text = _extended(FinetuneResult(tiny_model, 0.2, 0.7, 500, 1, 3.0, [], extra_steps=170))
+    assert text == "; 170 past the budget, as a class you marked was not learned yet"

@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         extra = f"loss {event.loss:.3f}"
         if event.best_val_dice is not None:
             extra += f" val Dice {event.best_val_dice:.3f}"
+        if event.stage:  # beyond the budget: a marked class is not learned yet
+            extra = event.stage
         bar.update(int(round(1000 * event.fraction)), 1000, extra)
 
     try:

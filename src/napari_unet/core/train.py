@@ -191,6 +191,9 @@ class TrainEvent:
     improved: bool
     max_seconds: float | None = None
     batch_size: int = 0
+    #: what the run is doing beyond its budget, for progress displays ("" normally;
+    #: a fine-tuning round that has not learned a marked class yet says so)
+    stage: str = ""
 
     @property
     def fraction(self) -> float:

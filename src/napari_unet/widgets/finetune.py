@@ -477,6 +477,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             self.progress.value = int(1000 * fraction)
             best = getattr(event, "best_val_dice", None)
             self.status.value = (
+                f"step {event.step}, {event.elapsed:.0f} s: {event.stage}" if getattr(event, "stage", "") else
                 f"step {event.step}, {event.elapsed:.0f} s, loss {event.loss:.3f}, best val. Dice {_fmt(best)}"
             )
             return
@@ -591,7 +592,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             "changed_untrusted": stats["changed_untrusted"],
         }
         self.summary.value = (
-            f"Round done in {outcome.seconds:.0f} s ({outcome.steps} steps): learned from "
+            f"Round done in {outcome.seconds:.0f} s ({outcome.steps} steps{_extended(result)}): learned from "
             f"{stats['trusted_pixels']} trusted px on {request.slices} slice(s). "
             f"Val. Dice {_fmt(before)} → {_fmt(after)}{_caveat(outcome)}. The new model disagrees with your corrections on "
             f"{100 * stats['disagree_trusted']:.1f}% of them and changed {stats['changed_untrusted']} "
@@ -623,6 +624,12 @@ def _headline(result) -> str:
         return f"{_fmt(base)} → {_fmt(new)} (val. Dice of the classes the held-back pixels hold)"
     why = "the held-back pixels could not tell" if result.validation_pixels else "no pixel was held back"
     return f"{_fmt(base)} → {_fmt(new)} ({what}; {why})"
+
+
+def _extended(result) -> str:
+    """``; 170 past the budget: a class was not learned yet`` when the round trained on."""
+    extra = getattr(result, "extra_steps", 0) if result is not None else 0
+    return f"; {extra} past the budget, as a class you marked was not learned yet" if extra else ""
 
 
 def _caveat(outcome) -> str:
