@@ -453,3 +453,11 @@ def test_the_summary_says_when_a_round_trained_past_its_budget(tiny_model):
     assert _extended(None) == ""
     text = _extended(FinetuneResult(tiny_model, 0.2, 0.7, 500, 1, 3.0, [], extra_steps=170))
     assert text == "; 170 past the budget, as a class you marked was not learned yet"
+
+
+def test_the_budget_tooltip_states_how_far_a_round_may_train_on(make_napari_viewer, store_dir):
+    from napari_unet.core.finetune import FinetuneOptions
+    from napari_unet.widgets.finetune import FinetuneWidget
+
+    widget = FinetuneWidget(make_napari_viewer())
+    assert f"up to {1 + FinetuneOptions().extend_unlearned}x this" in widget.budget.tooltip

@@ -111,7 +111,11 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         # not ``self.labels``: that is magicgui's flag for showing the fields' labels
         self.labels_layer = create_widget(annotation=napari.layers.Labels, label="corrected labels")
         self.model = ComboBox(label="start from", choices=self._model_choices)
-        self.budget = FloatSpinBox(label="time budget (s)", value=60.0, min=5.0, max=3600.0, step=5.0)
+        self.budget = FloatSpinBox(
+            label="time budget (s)", value=60.0, min=5.0, max=3600.0, step=5.0,
+            tooltip="a round that has not learned a class you marked by then trains on, "
+            "up to 3x this (the status line says so); Cancel stops it",
+        )
         self.lr_preset = ComboBox(label="learning rate", choices=list(LR_PRESETS), value="default")
         self.steps = SpinBox(
             label="max steps", value=0, min=0, max=1_000_000, tooltip="0: as many as the time budget allows"
