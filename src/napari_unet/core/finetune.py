@@ -1072,8 +1072,10 @@ def finetune_iter(
     )
     result = yield from train_iter(new, sampler, validation or None, train_options, stop=stop)
     budget_steps = result.steps
+    fits = None  # per-class fit of the returned weights, when the extension measured it
     if steps is None and options.extend_unlearned:
-        result = yield from _until_learned(new, sampler, validation or None, train_options, result, entries, options, stop)
+        result, fits = yield from _until_learned(
+            new, sampler, validation or None, train_options, result, entries, options, stop)
     compared = reference if reference is not None else base
     if (converted or reference is not None) and validation and result.initial_val_dice is not None and not extra:
         # "before" is the compared model as it is (the round may have started
@@ -1134,7 +1136,11 @@ def finetune_iter(
     )
     if blind:  # the held-back pixels cannot judge these classes: how well do they fit?
         finished.fit_before = corrections_fit(compared.net, entries, blind)
-        finished.fit_after = corrections_fit(new.net, entries, blind)
+        if fits is not None and set(blind) <= set(fits):  # measured already: no second prediction
+            known = [fits[c] for c in blind if fits[c] is not None]
+            finished.fit_after = float(np.mean(known)) if known else None
+        else:
+            finished.fit_after = corrections_fit(new.net, entries, blind)
         if validation:
             from .train import validation_matrix
 
@@ -1158,15 +1164,17 @@ def finetune_iter(
 
 
 def _until_learned(model, sampler, validation, train_options: TrainOptions, result: TrainResult,
-                   entries: list[Correction], options: FinetuneOptions, stop) -> Generator[TrainEvent, None, TrainResult]:
+                   entries: list[Correction], options: FinetuneOptions, stop
+                   ) -> Generator[TrainEvent, None, tuple[TrainResult, dict[int, float | None] | None]]:
     """Train on while a class the corrections mark is not learned on the
     corrected slices (``FinetuneOptions.extend_unlearned``); returns the whole
-    run's result. Events go on counting steps and seconds from the budget's."""
+    run's result and the per-class fit of its weights (``None`` when not
+    measured). Events go on counting steps and seconds from the budget's."""
     if result.stop_reason != "time":  # cancelled, or an explicit step count
-        return result
+        return result, None
     marked = sorted({int(c) for e in entries for c in np.unique(e.labels[e.train_mask > 0]) if c})
     if not marked:
-        return result
+        return result, None
     names = {c.id: c.name for c in model.config.classes}
     fits = class_fits(model.net, entries, marked)
     first_fit = min(f or 0.0 for f in fits.values())
@@ -1203,7 +1211,7 @@ def _until_learned(model, sampler, validation, train_options: TrainOptions, resu
             notes=result.notes + part.notes,
         )
         if part.stop_reason == "cancelled":
-            break
+            return result, None  # the weights moved since the last fit: not measured
         fits = class_fits(model.net, entries, marked)
         if min(f or 0.0 for f in fits.values()) <= lowest:
             break  # no progress: more of the same will not help
@@ -1213,7 +1221,7 @@ def _until_learned(model, sampler, validation, train_options: TrainOptions, resu
             f"(lowest class Dice on the corrected slices {first_fit:.3f}): it trained {result.steps - chunk} "
             f"more steps, to {min(f or 0.0 for f in fits.values()):.3f}"
         )
-    return result
+    return result, fits
 
 
 def _round_or_none(value: float | None) -> float | None:

@@ -631,7 +631,7 @@ def _headline(result) -> str:
 
 
 def _extended(result) -> str:
-    """``; 170 past the budget: a class was not learned yet`` when the round trained on."""
+    """``; 170 past the budget, as a class you marked was not learned yet`` when the round trained on."""
     extra = getattr(result, "extra_steps", 0) if result is not None else 0
     return f"; {extra} past the budget, as a class you marked was not learned yet" if extra else ""
 
