@@ -188,7 +188,7 @@ def test_a_regression_is_said(small_model, monkeypatch):
 def test_real_ct_and_mri_get_their_modality_and_a_round_learns_on_real_mri():
     """CT and MRI are told apart; a round on one corrected slice of the real
     glioblastoma raises the tumour probability there. (One corrected slice
-    of the real lung CT does not yet: see the benchmark in docs/finetune.md.)"""
+    of the real lung CT does not yet: see the benchmark in docs/real-scans.md.)"""
     from napari_unet.core.normalize import intensity_ranges, resolve_normalization
     from napari_unet.core.predict import PredictOptions, predict_iter, run_to_end
     from napari_unet.core.weights import load_model

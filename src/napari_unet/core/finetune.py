@@ -159,7 +159,7 @@ class FinetuneOptions:
     #: lost). On the real scans
     #: (seed 0) it took breast1 from 0.59/0.33/0.48 to 0.84/0.90/0.71 at
     #: k = 1/3/10 and lung2 at k = 3/10 from 0.33/0.54 to 0.03/0.01, with far
-    #: more liberal raw predictions: off by default (docs/finetune.md)
+    #: more liberal raw predictions: off by default (docs/real-scans.md)
     reset_head: bool = False
     #: turn the time budget into a step count after this many steps (at the
     #: speed of the steps since the warm-up: 25 steps, one hard-pixel refresh;

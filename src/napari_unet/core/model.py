@@ -201,7 +201,7 @@ def to_instance_norm(net: UNet) -> UNet:
     image alike; instance norm normalises each image (each tile) by its own
     feature statistics, which carries a model across the slice-to-slice and
     scan-to-scan intensity changes of real MRI and CT far better when it
-    learns from a few corrected slices (measured in docs/finetune.md).
+    learns from a few corrected slices (measured in docs/real-scans.md).
     """
     from dataclasses import replace
 
