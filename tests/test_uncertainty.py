@@ -67,6 +67,19 @@ def test_review_order_spreads_neighbouring_slices():
     assert review_order([0.2, 0.1], reviewed=[0, 1]) == []
 
 
+def test_review_order_discounts_the_neighbours_of_reviewed_slices():
+    # slice 3 was corrected: 2 and 4 show nearly the same, so the list goes
+    # to 1 and 5 first, unless it is the plain ranking
+    scores = [0.0, 0.5, 0.6, 0.0, 0.6, 0.5, 0.0]
+    assert [z for z, _ in review_order(scores, reviewed=[3], top=2)] == [1, 5]
+    assert [z for z, _ in review_order(scores, reviewed=[3], top=2, spacing=0)] == [2, 4]
+    # the scores listed stay the slices' own
+    assert dict(review_order(scores, reviewed=[3]))[2] == 0.6
+    # a skipped slice (no score) is left out without discounting its neighbours
+    assert [z for z, _ in review_order(scores, skip=[3], top=2)] == [2, 4]
+    assert 3 not in dict(review_order(scores, skip=[3]))
+
+
 def _stack_with_noise_slice(noise_slice: int) -> np.ndarray:
     """Five smooth slices with one bright square; one slice is pure noise."""
     rng = np.random.default_rng(1)

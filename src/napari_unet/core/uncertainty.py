@@ -84,7 +84,11 @@ NEIGHBOUR_DISCOUNT = 0.5
 
 
 def review_order(
-    scores: Iterable[float], reviewed: Iterable[int] = (), top: int | None = None, spacing: int = REVIEW_SPACING
+    scores: Iterable[float],
+    reviewed: Iterable[int] = (),
+    top: int | None = None,
+    spacing: int = REVIEW_SPACING,
+    skip: Iterable[int] = (),
 ) -> list[tuple[int, float]]:
     """``(slice, score)`` of the unreviewed slices, most uncertain first (ties:
     lower slice first), spread out: the list is built greedily, and a slice
@@ -93,10 +97,15 @@ def review_order(
     nearly the same anatomy, so a user who corrects the first few of the list
     before the next round teaches the model more with slices apart; the most
     uncertain slice always comes first, and a neighbour still comes before a
-    slice of less than half its score. The scores returned are the slices'
-    own. ``spacing=0`` is the plain ranking."""
+    slice of less than half its score. A slice next to one already
+    *reviewed* competes with the same discount: it shows nearly what the user
+    has just corrected (after a round on lung2's slice 17 the benchmark's
+    list sent the user to 16 and 18 on seed 1; with it, to 15 and 19). The scores returned
+    are the slices' own. ``spacing=0`` is the plain ranking. ``skip``: slices
+    left out without discounting their neighbours (no score)."""
     values = np.nan_to_num(np.array([float(v) for v in scores], dtype=np.float64), nan=0.0)
-    done = {int(z) for z in reviewed} & set(range(values.size))
+    checked = {int(z) for z in reviewed} & set(range(values.size))
+    done = checked | ({int(z) for z in skip} & set(range(values.size)))
     left = values.size - len(done)
     if spacing <= 0:
         ranked = sorted((i for i in range(values.size) if i not in done), key=lambda i: (-values[i], i))
@@ -104,15 +113,21 @@ def review_order(
         effective = values.copy()
         effective[list(done)] = -np.inf
         discounted = np.zeros(values.size, dtype=bool)
+
+        def discount_around(z: int) -> None:
+            lo, hi = max(0, z - spacing), min(values.size, z + spacing + 1)
+            fresh = ~discounted[lo:hi] & np.isfinite(effective[lo:hi])
+            effective[lo:hi][fresh] *= NEIGHBOUR_DISCOUNT
+            discounted[lo:hi] = True
+
+        for z in sorted(checked):
+            discount_around(z)
         ranked = []
         for _ in range(left if top is None else min(top, left)):
             z = int(np.argmax(effective))  # the first maximum: lower slice on ties
             ranked.append(z)
             effective[z] = -np.inf
-            lo, hi = max(0, z - spacing), min(values.size, z + spacing + 1)
-            fresh = ~discounted[lo:hi] & np.isfinite(effective[lo:hi])
-            effective[lo:hi][fresh] *= NEIGHBOUR_DISCOUNT
-            discounted[lo:hi] = True
+            discount_around(z)
     listed = [(int(i), float(values[i])) for i in ranked]
     return listed[:top] if top is not None else listed
 

@@ -124,7 +124,7 @@ def review_entries(scores: Any, reviewed: Any, top: int = TOP) -> list[tuple[int
     from napari_unet.core.uncertainty import review_order
 
     unscored = {i for i, s in enumerate(scores) if not math.isfinite(s)}
-    return review_order([0.0 if i in unscored else s for i, s in enumerate(scores)], set(reviewed) | unscored, top)
+    return review_order([0.0 if i in unscored else s for i, s in enumerate(scores)], set(reviewed), top, skip=unscored)
 
 
 class ReviewNext(Container):
