@@ -35,9 +35,10 @@ Usage::
 
 ``--strategy suggested`` (the annotate-next issue): rounds of predict ->
 correct the most uncertain unreviewed pool slices (the predictor's slice
-score, :mod:`napari_unet.core.uncertainty`) -> fine-tune from the last
-round's model, with the same seconds per round; k=3 is rounds of 1+2
-slices, k=10 of 1+3+6. The first slice is the user's (where they see the
+score and the list's order, :mod:`napari_unet.core.uncertainty`) -> fine-tune
+the starting model again on every correction so far, as the widget does
+(``--rounds-from last``: the last round's model), with the same seconds per
+round; k=3 is rounds of 1+2 slices, k=10 of 1+3+6. The first slice is the user's (where they see the
 lesion: the even k=1 slice) unless ``--first list``.
 
 MONAI is needed only for the scratch anchor (``make bench`` installs it;
