@@ -339,6 +339,34 @@ def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_mod
         assert result.fit_before is None and result.gate_scores()[2] == VALIDATION_FIGURE
 
 
+@pytest.mark.parametrize("stuck", [True, False])
+def test_a_validation_figure_near_zero_comes_with_the_fit_on_the_corrected_slices(small_model, monkeypatch, stuck):
+    """A lesion the held-back pixels do hold, and a validation Dice after the
+    round below STUCK_VALIDATION (forced here): the round also measures the
+    lesion's fit on the slices it learned from and says both; above it, not."""
+    import napari_unet.core.finetune as ft
+
+    monkeypatch.setattr(ft, "STUCK_VALIDATION", 1.01 if stuck else -1.0)
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[40:90, 40:90] = 1
+    image[labels == 1] += 600
+    options = FinetuneOptions(**{**FAST.__dict__, "val_block": 16})
+    result = finetune(image, labels, None, small_model, steps=3, device="cpu", options=options, return_result=True)
+    name = small_model.config.classes[1].name
+    assert result.blind_classes == [] and result.val_dice_after is not None
+    if stuck:
+        assert result.stuck_classes == [1]
+        assert 0.0 <= result.fit_before <= 1.0 and 0.0 <= result.fit_after <= 1.0
+        caveat = result.validation_caveat()
+        assert caveat.startswith(" (the round missed the held-back pixels;") and f"{name} Dice" in caveat
+        assert result.model.config.provenance["fit_dice_after"] == round(result.fit_after, 4)
+        # the gate still compares the validation figure: the fit is only reported
+        assert result.gate_scores()[2] == VALIDATION_FIGURE
+    else:
+        assert result.stuck_classes == [] and result.fit_before is None and result.validation_caveat() == ""
+
+
 def test_a_round_without_held_back_pixels_is_judged_by_its_fit(small_model):
     """val_fraction=0 trains on every trusted pixel: no validation figure, so the
     gate compares each class's fit on the corrected slices, and says why."""

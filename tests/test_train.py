@@ -356,3 +356,49 @@ def test_a_plan_takes_the_validation_checks_still_to_come_off_the_budget(tiny_mo
 def test_plan_round_is_checked():
     with pytest.raises(ValueError, match="plan_round"):
         TrainOptions(max_steps=1, plan_round=0)
+
+
+def _states_after_each_step(model, options, validation):
+    """(result, [state after step 1, 2, ...]) of one run of ``train_iter``."""
+    states = []
+    run = train_iter(model, toy_sampler, validation, options)
+    try:
+        while True:
+            next(run)
+            states.append({k: v.detach().clone() for k, v in model.net.state_dict().items()})
+    except StopIteration as finished:
+        return finished.value, states
+
+
+def test_average_tail_returns_the_mean_of_the_last_steps_weights(tiny_model, toy_validation):
+    from napari_unet.core.train import validation_dice
+
+    options = TrainOptions(max_steps=8, keep="last", average_tail=0.5, **{**FAST, "val_every": 4})
+    result, states = _states_after_each_step(copy_model(tiny_model), options, toy_validation)
+    assert result.averaged_steps == 4  # steps 5..8 of 8
+    returned = result.model.net.state_dict()
+    moved = False
+    for key, value in returned.items():
+        if not value.is_floating_point():
+            continue
+        expected = torch.stack([s[key].float() for s in states[4:]]).mean(0)
+        assert torch.allclose(value.float(), expected, atol=1e-6), key
+        moved |= not torch.allclose(value, states[-1][key])
+    assert moved, "the average equals the last weights: the run did not move"
+    # the figure reported is the returned (averaged) weights' own score
+    assert result.best_val_dice == pytest.approx(validation_dice(result.model, toy_validation, "cpu"))
+
+
+def test_without_average_tail_the_last_weights_are_returned(tiny_model):
+    options = TrainOptions(max_steps=6, keep="last", **FAST)
+    result, states = _states_after_each_step(copy_model(tiny_model), options, None)
+    assert result.averaged_steps == 0
+    for key, value in result.model.net.state_dict().items():
+        assert torch.equal(value, states[-1][key]), key
+
+
+def test_average_tail_is_checked():
+    with pytest.raises(ValueError, match="average_tail"):
+        TrainOptions(max_steps=1, average_tail=0.0)
+    with pytest.raises(ValueError, match="average_tail"):
+        TrainOptions(max_steps=1, average_tail=1.5)

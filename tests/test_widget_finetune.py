@@ -430,6 +430,10 @@ def test_the_notification_shows_the_fit_when_validation_cannot_see_the_lesion(ti
     # held-back pixels that hold no lesion, against none held back at all
     assert _headline(replace(blind, validation_pixels=900)).endswith("; the held-back pixels could not tell)")
     assert _headline(blind).endswith("; no pixel was held back)")
+    # validation near 0 on a lesion the held-back pixels do hold: the fit beside it
+    stuck = FinetuneResult(tiny_model, 0.0, 0.0, 500, 1, 3.0, [], validation_pixels=900, stuck_classes=[1],
+                           fit_before=0.05, fit_after=0.83)
+    assert _headline(stuck) == f"val. Dice 0.000 → 0.000; {name} Dice 0.050 → 0.830 on the slices it learned from"
 
 
 def test_the_status_says_when_a_round_trains_on_past_its_budget(scene):

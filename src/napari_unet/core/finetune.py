@@ -181,6 +181,10 @@ class FinetuneOptions:
     extend_unlearned: int = 2
     #: the Dice on the corrected slices below which a class counts as not learned yet
     learned_fit: float = 0.5
+    #: return the average of the weights over the last this share of a round's
+    #: steps (:attr:`~napari_unet.core.train.TrainOptions.average_tail`, with
+    #: ``keep="last"``) instead of the last weights; ``None``: the last weights
+    average_tail: float | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -205,6 +209,8 @@ class FinetuneOptions:
             raise ValueError(f"extend_unlearned must be 0..10 extensions, got {self.extend_unlearned!r}")
         if not 0.0 <= self.learned_fit <= 1.0:
             raise ValueError(f"learned_fit must be in [0, 1], got {self.learned_fit}")
+        if self.average_tail is not None and not 0.0 < self.average_tail <= 1.0:
+            raise ValueError(f"average_tail must be in (0, 1] or None, got {self.average_tail}")
 
 
 #: the width ``FinetuneOptions(widen_to="auto")`` widens to where reduced precision runs
@@ -315,10 +321,26 @@ class FinetuneResult:
     #: steps trained past the budget because a marked class was not learned yet
     #: (``FinetuneOptions.extend_unlearned``)
     extra_steps: int = 0
+    #: without blind classes, when the validation Dice after the round is below
+    #: :data:`STUCK_VALIDATION`: the classes the corrections mark, whose fit on
+    #: the corrected slices is then in ``fit_before`` / ``fit_after`` (a round
+    #: can learn the lesion and still miss the few held-back pixels at its edge)
+    stuck_classes: list[int] = field(default_factory=list)
+
+    def _names(self, classes: list[int]) -> str:
+        names = {c.id: c.name for c in self.model.config.classes}
+        return " or ".join(names.get(c, f"class {c}") for c in classes)
 
     def _blind_names(self) -> str:
-        names = {c.id: c.name for c in self.model.config.classes}
-        return " or ".join(names.get(c, f"class {c}") for c in self.blind_classes)
+        return self._names(self.blind_classes)
+
+    def fit_text(self) -> str:
+        """``tumor Dice 0.050 -> 0.830 on the slices it learned from`` when the
+        fit beside a stuck validation figure was measured, else ""."""
+        if self.blind_classes or not self.stuck_classes or self.fit_before is None or self.fit_after is None:
+            return ""
+        return (f"{self._names(self.stuck_classes)} Dice {self.fit_before:.3f} -> {self.fit_after:.3f} "
+                f"on the slices it learned from")
 
     def validation_caveat(self) -> str:
         """`` (the held-back pixels hold almost no tumor: ...)`` when the
@@ -326,7 +348,8 @@ class FinetuneResult:
         pixel was held back: ...)`` when there is none, else ""; with the
         blind classes' Dice on the corrected slices when known."""
         if not self.blind_classes:
-            return ""
+            fit = self.fit_text()
+            return f" (the round missed the held-back pixels; {fit})" if fit else ""
         if not self.validation_pixels:
             text = " (no pixel was held back for validation"
         else:
@@ -371,6 +394,10 @@ def _fell(after: float | None, before: float | None) -> bool:
 
 #: A validation Dice this much below the base's counts as a regression.
 REGRESSION_TOLERANCE = 1e-3
+
+#: a validation Dice after a round below this is reported with the round's fit
+#: on the corrected slices (:attr:`FinetuneResult.stuck_classes`)
+STUCK_VALIDATION = 0.05
 
 
 # ------------------------------------------------------------- preparation
@@ -1069,6 +1096,7 @@ def finetune_iter(
         class_weight=None if options.foreground_weight == 1.0 else
         (1.0,) + (float(options.foreground_weight),) * (arch.num_classes - 1),
         plan_after=options.plan_after,
+        average_tail=options.average_tail,
     )
     result = yield from train_iter(new, sampler, validation or None, train_options, stop=stop)
     budget_steps = result.steps
@@ -1104,6 +1132,7 @@ def finetune_iter(
         "seconds": round(seconds, 2),
         "steps": result.steps,
         "extra_steps": result.steps - budget_steps,
+        "averaged_steps": result.averaged_steps,
         "crop": crop,
         "batch": batch,
         "best_step": result.best_step,
@@ -1152,6 +1181,20 @@ def finetune_iter(
         provenance["blind_classes"] = list(blind)
         provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
         provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
+    elif validation and finished.val_dice_after is not None and finished.val_dice_after < STUCK_VALIDATION:
+        # a figure near 0 on a few held-back pixels says little of a round that
+        # may have learned the lesion everywhere else: report the fit beside it
+        marked = sorted({int(c) for e in entries for c in np.unique(e.labels[e.train_mask > 0]) if c})
+        if marked:
+            finished.stuck_classes = marked
+            finished.fit_before = corrections_fit(compared.net, entries, marked)
+            if fits is not None and set(marked) <= set(fits):
+                known = [fits[c] for c in marked if fits[c] is not None]
+                finished.fit_after = float(np.mean(known)) if known else None
+            else:
+                finished.fit_after = corrections_fit(new.net, entries, marked)
+            provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
+            provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
     if finished.regressed:
         after, before, what = finished.gate_scores()
         finished.notes.append(
@@ -1209,6 +1252,7 @@ def _until_learned(model, sampler, validation, train_options: TrainOptions, resu
             stop_reason="cancelled" if part.stop_reason == "cancelled" else result.stop_reason,
             best_step=part.best_step,
             notes=result.notes + part.notes,
+            averaged_steps=part.averaged_steps,
         )
         if part.stop_reason == "cancelled":
             return result, None  # the weights moved since the last fit: not measured

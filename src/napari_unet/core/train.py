@@ -140,6 +140,12 @@ class TrainOptions:
     #: the plan's step count is a multiple of this (``None``: ``val_every``), so
     #: that a small jitter in the measured speed plans the same count
     plan_round: int | None = None
+    #: with ``keep="last"``: return the uniform average of the weights over
+    #: the last this share of the run's steps (tail averaging) instead of the
+    #: last weights; ``None``: the last weights. Needs a known step count
+    #: (``max_steps`` or the plan); a run that ends before the averaging began
+    #: returns its last weights
+    average_tail: float | None = None
 
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
@@ -170,6 +176,8 @@ class TrainOptions:
             raise ValueError(f"plan_slack must be >= 1, got {self.plan_slack}")
         if self.plan_round is not None and self.plan_round < 1:
             raise ValueError(f"plan_round must be >= 1 or None, got {self.plan_round}")
+        if self.average_tail is not None and not 0.0 < self.average_tail <= 1.0:
+            raise ValueError(f"average_tail must be in (0, 1] or None, got {self.average_tail}")
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,8 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     #: the time budget as a step count (``plan_after``), ``None`` when not planned
     planned_steps: int | None = None
+    #: steps whose weights were averaged into the returned ones (``average_tail``; 0: the last weights)
+    averaged_steps: int = 0
 
 
 # ------------------------------------------------------------------- helpers
@@ -361,6 +371,33 @@ def _snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+class _TailAverage:
+    """Running uniform average of a network's floating-point state (weights
+    and float buffers) from a given step on; integer buffers are taken as they
+    are at the end."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def add(self, net: torch.nn.Module) -> None:
+        with torch.no_grad():
+            current = net.state_dict()
+            if self.state is None:
+                self.state = {k: v.detach().float().clone() for k, v in current.items()}
+            else:
+                for key, value in current.items():
+                    if value.is_floating_point():
+                        self.state[key].add_(value.detach().float() - self.state[key], alpha=1.0 / (self.count + 1))
+        self.count += 1
+
+    def result(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The averaged state in the dtypes of ``net``'s (its integer buffers as they are now)."""
+        assert self.state is not None
+        return {k: (self.state[k].to(v.dtype) if v.is_floating_point() else v.detach().clone())
+                for k, v in net.state_dict().items()}
+
+
 def _make_scaler(device: torch.device, dtype: torch.dtype):
     if dtype != torch.float16:
         return None
@@ -447,6 +484,7 @@ def train_iter(
     # (local step, seconds, validation seconds) where the speed is measured from
     plan_mark: tuple[int, float, float] | None = None
     eval_seconds = 0.0  # spent in validation so far
+    tail = _TailAverage() if options.average_tail is not None and options.keep == "last" else None
     eval_cost = 0.0  # seconds of the last validation check
 
     def time_limit() -> float | None:
@@ -597,6 +635,10 @@ def train_iter(
                 continue
             step += 1
             smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
+            if tail is not None:
+                total = options.max_steps if options.max_steps is not None else planned
+                if total is not None and step - options.start_step > (1 - options.average_tail) * (total - options.start_step):
+                    tail.add(net)
             if planned is None and options.plan_after is not None and options.max_seconds is not None:
                 mark_at = options.warmup_steps
                 if mark_at >= options.plan_after:
@@ -649,10 +691,13 @@ def train_iter(
                 break
         if options.keep == "last":
             # the schedule's end is the answer; its validation score is the one reported
+            averaged = tail is not None and tail.count > 0
+            if averaged:  # the average over the run's tail is the answer
+                net.load_state_dict(tail.result(net))
             best_state, best_step = _snapshot(net), step
             if validation:
                 last_val = history[-1].val_dice if history and history[-1].val_dice is not None else None
-                if last_val is None:
+                if last_val is None or averaged:
                     last_val, _ = evaluate()
                 best_val = None if math.isnan(last_val) else last_val
     finally:
@@ -682,6 +727,7 @@ def train_iter(
         device=device.type,
         notes=notes,
         planned_steps=planned,
+        averaged_steps=tail.count if tail is not None and options.keep == "last" else 0,
     )
 
 

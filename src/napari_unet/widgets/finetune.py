@@ -622,7 +622,8 @@ def _headline(result) -> str:
         return "val. Dice n/a"
     new, base, what = result.gate_scores()
     if what == VALIDATION_FIGURE:
-        return f"val. Dice {_fmt(base)} → {_fmt(new)}"
+        fit = result.fit_text()  # beside a validation figure near 0: the round's fit
+        return f"val. Dice {_fmt(base)} → {_fmt(new)}" + (f"; {fit.replace('->', '→')}" if fit else "")
     # the numbers first: a notification shows its first 40-odd characters
     if what == OTHERS_FIGURE:
         return f"{_fmt(base)} → {_fmt(new)} (val. Dice of the classes the held-back pixels hold)"
