@@ -433,7 +433,12 @@ def test_the_notification_shows_the_fit_when_validation_cannot_see_the_lesion(ti
     # validation near 0 on a lesion the held-back pixels do hold: the fit beside it
     stuck = FinetuneResult(tiny_model, 0.0, 0.0, 500, 1, 3.0, [], validation_pixels=900, stuck_classes=[1],
                            fit_before=0.05, fit_after=0.83)
-    assert _headline(stuck) == f"val. Dice 0.000 → 0.000; {name} Dice 0.050 → 0.830 on the slices it learned from"
+    # near 0 before and after, validation cannot tell: the fit comes first (a toast shows ~40 characters)
+    assert _headline(stuck) == (f"0.050 → 0.830 ({name} Dice on the slices it learned from; "
+                                "val. Dice 0.000 → 0.000: the round missed the held-back pixels)")
+    # a fall to near 0 is a regression: the validation figure comes first
+    fell_to_zero = replace(stuck, val_dice_before=0.6)
+    assert _headline(fell_to_zero) == f"val. Dice 0.600 → 0.000; {name} Dice 0.050 → 0.830 on the slices it learned from"
 
 
 def test_the_status_says_when_a_round_trains_on_past_its_budget(scene):

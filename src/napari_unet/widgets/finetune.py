@@ -615,15 +615,19 @@ def _headline(result) -> str:
     (the validation Dice, or, when the held-back pixels hold almost none of a
     class the round learned, that class's Dice on the corrected slices; a
     blind "val. Dice 0.000 → 1.000" alone would overstate the round)."""
-    from napari_unet.core.finetune import OTHERS_FIGURE  # loaded by the round already
+    from napari_unet.core.finetune import OTHERS_FIGURE, STUCK_VALIDATION  # loaded by the round already
     from napari_unet.core.versions import VALIDATION_FIGURE
 
     if result is None:
         return "val. Dice n/a"
     new, base, what = result.gate_scores()
     if what == VALIDATION_FIGURE:
-        fit = result.fit_text()  # beside a validation figure near 0: the round's fit
-        return f"val. Dice {_fmt(base)} → {_fmt(new)}" + (f"; {fit.replace('->', '→')}" if fit else "")
+        fit = result.fit_text().replace("->", "→")  # beside a validation figure near 0: the round's fit
+        if fit and base is not None and base < STUCK_VALIDATION:
+            # near 0 before and after, the validation figure cannot tell: the fit first
+            return (f"{_fmt(result.fit_before)} → {_fmt(result.fit_after)} ({fit.split(' Dice ')[0]} Dice on the "
+                    f"slices it learned from; val. Dice {_fmt(base)} → {_fmt(new)}: the round missed the held-back pixels)")
+        return f"val. Dice {_fmt(base)} → {_fmt(new)}" + (f"; {fit}" if fit else "")
     # the numbers first: a notification shows its first 40-odd characters
     if what == OTHERS_FIGURE:
         return f"{_fmt(base)} → {_fmt(new)} (val. Dice of the classes the held-back pixels hold)"
@@ -639,4 +643,4 @@ def _extended(result) -> str:
 
 def _caveat(outcome) -> str:
     """The round's validation caveat (a done round always carries its result)."""
-    return outcome.result.validation_caveat() if outcome.result is not None else ""
+    return outcome.result.validation_caveat().replace("->", "→") if outcome.result is not None else ""
