@@ -615,7 +615,8 @@ def _headline(result) -> str:
     (the validation Dice, or, when the held-back pixels hold almost none of a
     class the round learned, that class's Dice on the corrected slices; a
     blind "val. Dice 0.000 → 1.000" alone would overstate the round)."""
-    from napari_unet.core.finetune import OTHERS_FIGURE, STUCK_VALIDATION  # loaded by the round already
+    # loaded by the round already
+    from napari_unet.core.finetune import OTHERS_FIGURE, STUCK_VALIDATION
     from napari_unet.core.versions import VALIDATION_FIGURE
 
     if result is None:
