@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "finetune-real-round.png")
     args = parser.parse_args()
     models = (ROOT / ".cache" / "gui-real-models").resolve()
+    # a fresh store each run: the widget starts from the store's current
+    # version, and the headless round below from the bundled model
+    shutil.rmtree(models, ignore_errors=True)
     os.environ.setdefault("XDG_CONFIG_HOME", str((ROOT / ".cache" / "screenshot-config").resolve()))
     os.environ["NAPARI_UNET_MODELS_DIR"] = str(models)
     import napari
