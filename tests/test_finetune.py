@@ -339,6 +339,15 @@ def test_a_round_says_when_its_validation_figure_cannot_see_the_lesion(small_mod
         assert result.fit_before is None and result.gate_scores()[2] == VALIDATION_FIGURE
 
 
+def bright_square(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy 128-px slice in CT-like units with a bright square lesion (class 1) over ``lo:hi``."""
+    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
+    labels = np.zeros((128, 128), np.uint8)
+    labels[lo:hi, lo:hi] = 1
+    image[labels == 1] += 600
+    return image, labels
+
+
 @pytest.mark.parametrize("stuck", [True, False])
 def test_a_validation_figure_near_zero_comes_with_the_fit_on_the_corrected_slices(small_model, monkeypatch, stuck):
     """A lesion the held-back pixels do hold, and a validation Dice after the
@@ -347,10 +356,7 @@ def test_a_validation_figure_near_zero_comes_with_the_fit_on_the_corrected_slice
     import napari_unet.core.finetune as ft
 
     monkeypatch.setattr(ft, "STUCK_VALIDATION", 1.01 if stuck else -1.0)
-    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
-    labels = np.zeros((128, 128), np.uint8)
-    labels[40:90, 40:90] = 1
-    image[labels == 1] += 600
+    image, labels = bright_square(40, 90)
     options = FinetuneOptions(**{**FAST.__dict__, "val_block": 16})
     result = finetune(image, labels, None, small_model, steps=3, device="cpu", options=options, return_result=True)
     name = small_model.config.classes[1].name
@@ -370,10 +376,7 @@ def test_a_validation_figure_near_zero_comes_with_the_fit_on_the_corrected_slice
 def test_a_round_without_held_back_pixels_is_judged_by_its_fit(small_model):
     """val_fraction=0 trains on every trusted pixel: no validation figure, so the
     gate compares each class's fit on the corrected slices, and says why."""
-    image = (1000 + 50 * np.random.default_rng(0).standard_normal((128, 128))).astype(np.float32)
-    labels = np.zeros((128, 128), np.uint8)
-    labels[50:80, 50:80] = 1
-    image[labels == 1] += 600
+    image, labels = bright_square(50, 80)
     options = FinetuneOptions(**{**FAST.__dict__, "val_fraction": 0.0})
     result = finetune(image, labels, None, small_model, steps=3, device="cpu", options=options, return_result=True)
     name = small_model.config.classes[1].name

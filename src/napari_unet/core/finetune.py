@@ -337,12 +337,16 @@ class FinetuneResult:
     def _blind_names(self) -> str:
         return self._names(self.blind_classes)
 
+    def fit_names(self) -> str:
+        """The names of the classes ``fit_before`` / ``fit_after`` measure (blind, else stuck)."""
+        return self._names(self.blind_classes or self.stuck_classes)
+
     def fit_text(self) -> str:
         """``tumor Dice 0.050 -> 0.830 on the slices it learned from`` when the
         fit beside a stuck validation figure was measured, else ""."""
         if self.blind_classes or not self.stuck_classes or self.fit_before is None or self.fit_after is None:
             return ""
-        return (f"{self._names(self.stuck_classes)} Dice {self.fit_before:.3f} -> {self.fit_after:.3f} "
+        return (f"{self.fit_names()} Dice {self.fit_before:.3f} -> {self.fit_after:.3f} "
                 f"on the slices it learned from")
 
     def validation_caveat(self) -> str:
@@ -1166,38 +1170,31 @@ def finetune_iter(
         blind_classes=list(blind),
         extra_steps=result.steps - budget_steps,
     )
-    if blind:  # the held-back pixels cannot judge these classes: how well do they fit?
-        finished.fit_before = corrections_fit(compared.net, entries, blind)
-        if fits is not None and set(blind) <= set(fits):  # measured already: no second prediction
-            known = [fits[c] for c in blind if fits[c] is not None]
-            finished.fit_after = float(np.mean(known)) if known else None
-        else:
-            finished.fit_after = corrections_fit(new.net, entries, blind)
-        if validation:
-            from .train import validation_matrix
-
-            if not extra:  # a base without the added classes cannot be scored on them
-                finished.val_other_before = dice_without(validation_matrix(compared, validation, "cpu")[0], blind)
-            finished.val_other_after = dice_without(validation_matrix(new, validation, "cpu")[0], blind)
-            provenance["val_other_dice_before"] = _round_or_none(finished.val_other_before)
-            provenance["val_other_dice_after"] = _round_or_none(finished.val_other_after)
-        provenance["blind_classes"] = list(blind)
-        provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
-        provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
-    elif validation and finished.val_dice_after is not None and finished.val_dice_after < STUCK_VALIDATION:
+    if not blind and validation and finished.val_dice_after is not None and finished.val_dice_after < STUCK_VALIDATION:
         # a figure near 0 on a few held-back pixels says little of a round that
         # may have learned the lesion everywhere else: report the fit beside it
-        marked = sorted({int(c) for e in entries for c in np.unique(e.labels[e.train_mask > 0]) if c})
-        if marked:
-            finished.stuck_classes = marked
-            finished.fit_before = corrections_fit(compared.net, entries, marked)
-            if fits is not None and set(marked) <= set(fits):
-                known = [fits[c] for c in marked if fits[c] is not None]
-                finished.fit_after = float(np.mean(known)) if known else None
-            else:
-                finished.fit_after = corrections_fit(new.net, entries, marked)
-            provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
-            provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
+        finished.stuck_classes = _marked_classes(entries)
+    # classes the held-back pixels cannot judge (blind) or judged near 0 (stuck): how well do they fit?
+    fitted = blind or finished.stuck_classes
+    if fitted:
+        finished.fit_before = corrections_fit(compared.net, entries, fitted)
+        if fits is not None and set(fitted) <= set(fits):  # measured already: no second prediction
+            known = [fits[c] for c in fitted if fits[c] is not None]
+            finished.fit_after = float(np.mean(known)) if known else None
+        else:
+            finished.fit_after = corrections_fit(new.net, entries, fitted)
+        provenance["fit_dice_before"] = _round_or_none(finished.fit_before)
+        provenance["fit_dice_after"] = _round_or_none(finished.fit_after)
+    if blind:
+        provenance["blind_classes"] = list(blind)
+    if blind and validation:
+        from .train import validation_matrix
+
+        if not extra:  # a base without the added classes cannot be scored on them
+            finished.val_other_before = dice_without(validation_matrix(compared, validation, "cpu")[0], blind)
+        finished.val_other_after = dice_without(validation_matrix(new, validation, "cpu")[0], blind)
+        provenance["val_other_dice_before"] = _round_or_none(finished.val_other_before)
+        provenance["val_other_dice_after"] = _round_or_none(finished.val_other_after)
     if finished.regressed:
         after, before, what = finished.gate_scores()
         finished.notes.append(
@@ -1209,6 +1206,11 @@ def finetune_iter(
     return finished
 
 
+def _marked_classes(entries: list[Correction]) -> list[int]:
+    """The foreground classes the corrections mark on their training pixels."""
+    return sorted({int(c) for e in entries for c in np.unique(e.labels[e.train_mask > 0]) if c})
+
+
 def _until_learned(model, sampler, validation, train_options: TrainOptions, result: TrainResult,
                    entries: list[Correction], options: FinetuneOptions, stop
                    ) -> Generator[TrainEvent, None, tuple[TrainResult, dict[int, float | None] | None]]:
@@ -1218,7 +1220,7 @@ def _until_learned(model, sampler, validation, train_options: TrainOptions, resu
     measured). Events go on counting steps and seconds from the budget's."""
     if result.stop_reason != "time":  # cancelled, or an explicit step count
         return result, None
-    marked = sorted({int(c) for e in entries for c in np.unique(e.labels[e.train_mask > 0]) if c})
+    marked = _marked_classes(entries)
     if not marked:
         return result, None
     names = {c.id: c.name for c in model.config.classes}

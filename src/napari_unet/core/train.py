@@ -727,7 +727,7 @@ def train_iter(
         device=device.type,
         notes=notes,
         planned_steps=planned,
-        averaged_steps=tail.count if tail is not None and options.keep == "last" else 0,
+        averaged_steps=tail.count if tail is not None else 0,
     )
 
 

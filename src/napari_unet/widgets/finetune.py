@@ -626,7 +626,7 @@ def _headline(result) -> str:
         fit = result.fit_text().replace("->", "→")  # beside a validation figure near 0: the round's fit
         if fit and base is not None and base < STUCK_VALIDATION:
             # near 0 before and after, the validation figure cannot tell: the fit first
-            return (f"{_fmt(result.fit_before)} → {_fmt(result.fit_after)} ({fit.split(' Dice ')[0]} Dice on the "
+            return (f"{_fmt(result.fit_before)} → {_fmt(result.fit_after)} ({result.fit_names()} Dice on the "
                     f"slices it learned from; val. Dice {_fmt(base)} → {_fmt(new)}: the round missed the held-back pixels)")
         return f"val. Dice {_fmt(base)} → {_fmt(new)}" + (f"; {fit}" if fit else "")
     # the numbers first: a notification shows its first 40-odd characters
