@@ -153,10 +153,13 @@ def test_reviewed_and_corrected_slices_drop_out(docked):
     viewer, _, tune = docked
     labels = _scored_scene(viewer, tune, [0.1, 0.5, 0.2, 0.9, 0.3, 0.05, 0.4])
     assert [z for z, _ in tune.review_next.entries] == [3, 1, 6, 4, 2]
-    assert _entries(tune)[0] == "slice 3 — 0.900"
+    # 4 (0.3) comes after 6 (0.4) but before 2 (0.2): each sits next to a slice above it, and says so
+    assert _entries(tune) == ["slice 3 — 0.900", "slice 1 — 0.500", "slice 6 — 0.400",
+                              "slice 4 — 0.300 · near 3", "slice 2 — 0.200 · near 1"]
     tune.review_next.jump(3)
     tune.toggle_reviewed()  # the slice on screen, as the button and Shift-R do
     assert [z for z, _ in tune.review_next.entries] == [1, 6, 4, 2, 0]
+    assert _entries(tune)[2] == "slice 4 — 0.300 · near 3"  # 3 is reviewed now, not listed
     labels.brush_size = 3
     labels.paint((1, 8, 8), 1)  # a correction with napari's brush on slice 1
     assert [z for z, _ in tune.review_next.entries] == [6, 4, 2, 0, 5]

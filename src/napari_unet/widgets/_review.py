@@ -127,6 +127,24 @@ def review_entries(scores: Any, reviewed: Any, top: int = TOP) -> list[tuple[int
     return review_order([0.0 if i in unscored else s for i, s in enumerate(scores)], set(reviewed), top, skip=unscored)
 
 
+def entry_text(entries: list[tuple[int, float]], reviewed: Any, spacing: int | None = None) -> list[str]:
+    """One line per list entry: ``slice 16 — 0.005 · near 15`` when a slice
+    listed above it or already reviewed lies within ``spacing`` (such a slice
+    competes at a discount, :func:`~napari_unet.core.uncertainty.review_order`),
+    so a score below the next entry's does not read as a sorting fault."""
+    from napari_unet.core.uncertainty import REVIEW_SPACING
+
+    spacing = REVIEW_SPACING if spacing is None else spacing
+    seen = sorted({int(z) for z in reviewed})
+    lines = []
+    for z, score in entries:
+        near = [w for w in seen if 0 < abs(w - z) <= spacing]
+        text = f"slice {z} — {score:.3f}"
+        lines.append(text + (f" · near {min(near, key=lambda w: (abs(w - z), w))}" if near else ""))
+        seen.append(z)
+    return lines
+
+
 class ReviewNext(Container):
     """"Review next": the most uncertain unreviewed slices of a result layer; a click shows one."""
 
@@ -140,7 +158,10 @@ class ReviewNext(Container):
         self._layer: Any = None
         self._tracker: Any = None
         self.title = Label(value="")
-        self.title.tooltip = "the most uncertain slices not yet reviewed, most uncertain first; a click shows one"
+        self.title.tooltip = (
+            "the most uncertain slices not yet reviewed, most uncertain first; a slice next to one "
+            "above it or already reviewed counts half (\"near\"), so the list spreads out; a click shows one"
+        )
         self.list = QListWidget()
         self.list.setMaximumHeight(5 + TOP * 20)
         self.append(self.title)
@@ -175,13 +196,15 @@ class ReviewNext(Container):
         elif not scores or len(scores) != layer.data.shape[0]:
             text = "Review next: Segment the stack"
         else:
-            self.entries = review_entries(scores, self._tracker.trusted_slices())
+            reviewed = self._tracker.trusted_slices()
+            self.entries = review_entries(scores, reviewed)
             text = "Review next:" if self.entries else "Review next: all reviewed"
         self.title.value = text
         self.visible = bool(text)  # no empty rows in the dock
         self.list.clear()
-        for z, score in self.entries:
-            item = QListWidgetItem(f"slice {z} — {score:.3f}")
+        lines = entry_text(self.entries, reviewed) if self.entries else []
+        for (z, _), line in zip(self.entries, lines):
+            item = QListWidgetItem(line)
             item.setData(self._role, z)
             self.list.addItem(item)
         self.list.setVisible(bool(self.entries))
