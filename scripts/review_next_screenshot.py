@@ -3,7 +3,8 @@
 Run under a display: ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python
 scripts/review_next_screenshot.py``. It opens the scan with napari-unet's reader,
 docks both widgets (as tabs), presses Segment with "Show uncertainty" on (the bundled
-model, from an empty model store), clicks the first "Review next" entry and
+model, from an empty model store), optionally marks the list's first entry
+reviewed ``--reviewed N`` times (a click, then Shift-R), clicks the first entry and
 saves the whole window, scaled to 1280x800, to ``docs/images/review-next.png``.
 """
 
@@ -30,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scan", default=SCAN)
     parser.add_argument("--out", default="docs/images/review-next.png")
+    parser.add_argument("--reviewed", type=int, default=0,
+                        help="first mark this many entries reviewed, each the list's first at the time (click, Shift-R)")
     args = parser.parse_args()
     os.environ.setdefault("XDG_CONFIG_HOME", str(Path(".cache/screenshot-config").resolve()))
     os.environ.setdefault("NAPARI_UNET_MODELS_DIR", tempfile.mkdtemp(prefix="napari-unet-store-"))
@@ -51,8 +54,15 @@ def main() -> None:
     segment.segment()
     while segment._worker is not None:
         settle(app, 0.1)
+    waited = time.time()
+    while tune.review_next.list.count() == 0 and time.time() - waited < 30:  # the list follows the layer's events
+        settle(app, 0.2)
     print("segment:", segment.status.value)
     print("review next:", [tune.review_next.list.item(i).text() for i in range(tune.review_next.list.count())])
+    for _ in range(args.reviewed):
+        tune.review_next.list.itemClicked.emit(tune.review_next.list.item(0))
+        tune.toggle_reviewed()  # the slice on screen, as Shift-R does
+        print("review next:", [tune.review_next.list.item(i).text() for i in range(tune.review_next.list.count())])
     first = tune.review_next.list.item(0)
     if first is not None:
         tune.review_next.list.itemClicked.emit(first)  # as a click on the entry does
