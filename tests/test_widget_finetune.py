@@ -449,7 +449,7 @@ def test_the_status_says_when_a_round_trains_on_past_its_budget(scene):
     common = dict(max_steps=None, elapsed=61.0, loss=0.4, lr=1e-3, val_dice=None, best_val_dice=0.5, improved=False)
     widget._on_event(TrainEvent(step=150, **common))
     assert widget.status.value.startswith("step 150, 61 s, loss 0.400")
-    stage = "tumor not learned yet (Dice 0.00 on the corrected slices): training on, 1 of 2"
+    stage = "tumor not learned yet (found 0% of it on the corrected slices): training on, 1 of 2"
     widget._on_event(TrainEvent(step=151, **common, stage=stage))
     assert widget.status.value == f"step 151, 61 s: {stage}"
 
