@@ -127,18 +127,17 @@ def review_entries(scores: Any, reviewed: Any, top: int = TOP) -> list[tuple[int
     return review_order([0.0 if i in unscored else s for i, s in enumerate(scores)], set(reviewed), top, skip=unscored)
 
 
-def entry_text(entries: list[tuple[int, float]], reviewed: Any, spacing: int | None = None) -> list[str]:
+def entry_text(entries: list[tuple[int, float]], reviewed: Any) -> list[str]:
     """One line per list entry: ``slice 16 — 0.005 · near 15`` when a slice
-    listed above it or already reviewed lies within ``spacing`` (such a slice
-    competes at a discount, :func:`~napari_unet.core.uncertainty.review_order`),
+    listed above it or already reviewed lies within ``REVIEW_SPACING`` (such a
+    slice competes at a discount, :func:`~napari_unet.core.uncertainty.review_order`),
     so a score below the next entry's does not read as a sorting fault."""
     from napari_unet.core.uncertainty import REVIEW_SPACING
 
-    spacing = REVIEW_SPACING if spacing is None else spacing
     seen = sorted({int(z) for z in reviewed})
     lines = []
     for z, score in entries:
-        near = [w for w in seen if 0 < abs(w - z) <= spacing]
+        near = [w for w in seen if 0 < abs(w - z) <= REVIEW_SPACING]
         text = f"slice {z} — {score:.3f}"
         lines.append(text + (f" · near {min(near, key=lambda w: (abs(w - z), w))}" if near else ""))
         seen.append(z)
@@ -188,7 +187,7 @@ class ReviewNext(Container):
         """Rank again: after new scores or a change of the trusted slices."""
         from qtpy.QtWidgets import QListWidgetItem
 
-        layer, self.entries = self._layer, []
+        layer, self.entries, lines = self._layer, [], []
         scores = None if layer is None else layer.metadata.get(SCORES_KEY)
         # short titles, one line in the narrow dock (a wrapped one was cut off)
         if layer is None or layer.ndim < 3:  # nothing to rank in a 2D image: no row at all
@@ -198,11 +197,11 @@ class ReviewNext(Container):
         else:
             reviewed = self._tracker.trusted_slices()
             self.entries = review_entries(scores, reviewed)
+            lines = entry_text(self.entries, reviewed)
             text = "Review next:" if self.entries else "Review next: all reviewed"
         self.title.value = text
         self.visible = bool(text)  # no empty rows in the dock
         self.list.clear()
-        lines = entry_text(self.entries, reviewed) if self.entries else []
         for (z, _), line in zip(self.entries, lines):
             item = QListWidgetItem(line)
             item.setData(self._role, z)
