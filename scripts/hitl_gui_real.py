@@ -2,6 +2,8 @@
 same round headless.
 
     xvfb-run -a -s "-screen 0 1280x800x24" python scripts/hitl_gui_real.py --case lung2
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/hitl_gui_real.py --case lung2 --no-headless \
+        --window 1600x1000 --click --out review.png
 
 Opens ``../shared/data/real-tumours/CASE_image.nii.gz`` with the plugin's
 reader, presses Segment, corrects the k pool slices the real-scan benchmark
@@ -10,7 +12,8 @@ Labels layer's own edit API, slices marked reviewed), presses Fine-tune
 with the default budget and waits for the re-segmentation. Then runs the
 same round headless (``finetune`` on the same image, labels and trusted
 mask) and prints both: steps, seconds, steps per second, and held-out
-tumour Dice. Saves ``docs/images/finetune-real-round.png``.
+tumour Dice. Saves ``docs/images/finetune-real-round.png``. ``--click``
+clicks the Review next list's first entry after the round, as a user would.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ def main() -> None:
     parser.add_argument("--no-headless", dest="headless", action="store_false",
                         help="skip the headless round (only the GUI round and its review list)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "finetune-real-round.png")
+    parser.add_argument("--window", default="1280x800", help="window size WxH (the Review next list is "
+                        "below the fold at 1280x800)")
+    parser.add_argument("--click", action="store_true",
+                        help="after the round, click the list's first entry; the picture shows that slice")
     args = parser.parse_args()
     models = (ROOT / ".cache" / "gui-real-models").resolve()
     # a fresh store each run: the widget starts from the store's current
@@ -59,7 +66,7 @@ def main() -> None:
     chosen = choose_slices(args.k, median, pool)
 
     viewer = napari.Viewer(title=f"napari-unet: a round on {args.case}")
-    viewer.window.resize(1280, 800)
+    viewer.window.resize(*(int(v) for v in args.window.lower().split("x")))
     app = QApplication.instance()
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Segment")
     _, tune = viewer.window.add_plugin_dock_widget("napari-unet-loop", "Fine-tune")
@@ -97,6 +104,12 @@ def main() -> None:
     newest = max(models.rglob("config.json"), key=lambda p: p.stat().st_mtime)
     gui = json.loads(newest.read_text())["provenance"]
     viewer.dims.set_current_step(0, median + 2)
+    fit_docks(viewer)  # again at the window's real size, as the launcher's timer does
+    app.processEvents()
+    if args.click and listed.count():
+        listed.itemClicked.emit(listed.item(0))  # the signal a mouse click sends
+        app.processEvents()
+        print("clicked:", listed.item(0).text(), "-> the viewer shows slice", viewer.dims.current_step[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(args.out), canvas_only=False)
     print("wrote", args.out)

@@ -114,3 +114,25 @@ def test_long_messages_wrap_instead_of_narrowing_the_canvas(make_napari_viewer, 
     after = canvas.width(), segment.native.minimumSizeHint().width(), tune.native.minimumSizeHint().width()
     assert after == before
     assert tune.trusted_status.native.height() > tune.image.native.height()  # wrapped onto lines
+
+
+def test_from_the_plugins_menu_segment_takes_its_height_and_fine_tune_the_rest(make_napari_viewer, qtbot):
+    """Opened the usual napari way (Plugins menu, no launcher to size the docks),
+    the Segment dock took all the spare height and left Fine-tune (the loop's
+    button and Review next list) 89 px at the bottom of a 1600x1000 window."""
+    from napari_unet._samples import lesion_scan
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1000, 800)
+    viewer.add_image(lesion_scan()[0])
+    submenu = _plugin_submenu(viewer)
+    for name in ("Segment", "Fine-tune"):
+        _action(submenu, name).trigger()
+    qtbot.wait(300)
+    docks = viewer.window._wrapped_dock_widgets
+    segment = next(d for k, d in docks.items() if k.startswith("Segment ("))
+    tune = next(d for k, d in docks.items() if k.startswith("Fine-tune ("))
+    title = segment.titleBarWidget().sizeHint().height() if segment.titleBarWidget() else 30
+    needs = segment.widget().sizeHint().height() + title + 16
+    assert segment.height() <= needs
+    assert tune.height() > segment.height()

@@ -212,6 +212,10 @@ class SegmentWidget(Container):
 
         compact_combos(self.image, self.model, self.device)
         self.margins = (4, 4, 4, 4)
+        from qtpy.QtWidgets import QSizePolicy
+
+        # as tall as its fields: a dock area holding it and Fine-tune gives the rest to Fine-tune
+        self.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.model.changed.connect(self._on_model_choice)
         self._selection.changed.connect(self._on_selection_changed)
         self.segment_button.changed.connect(self.segment)
