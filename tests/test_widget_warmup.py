@@ -68,3 +68,34 @@ def test_a_process_that_exits_during_the_warm_up_exits_cleanly():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "leaving" in done.stdout
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-2000:]
+
+
+QUIT_THEN_EXIT = """
+import os
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from qtpy.QtWidgets import QApplication
+app = QApplication([])
+from superqt.utils._qthreading import WorkerBase
+from napari_unet.widgets import _common
+_common.warm_up_once()
+WorkerBase.await_workers()  # what napari does when its application quits (aboutToQuit)
+print("the worker stopped; leaving", flush=True)
+"""
+
+
+def test_a_warm_up_stopped_by_napari_does_not_hold_the_exit():
+    """napari quits every worker when it closes; superqt then leaves the
+    warm-up's generator suspended between two steps. The exit used to wait for
+    the warm-up to *finish*, which never came: `napari-unet view` closed in its
+    first seconds hung for 120 s and logged "still running". Now it waits only
+    for a step under way."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("NAPARI_UNET_SYNC", None)
+    done = subprocess.run([sys.executable, "-c", QUIT_THEN_EXIT], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "leaving" in done.stdout
+    assert "still running" not in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-2000:]

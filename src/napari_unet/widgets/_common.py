@@ -131,29 +131,53 @@ def warm_up() -> Generator[None, None, None]:
     yield None
 
 
-_WARM_THREAD_DONE = threading.Event()  # set by the worker thread itself, with no event loop needed
-#: How long a process that exits during the warm-up waits for it (seconds).
+#: the warm-up worker's state, read and written under its lock by the worker
+#: thread and the exit hook (no event loop needed): ``stepping`` while a step
+#: runs, ``exiting`` once the process is leaving (no step starts after that)
+_WARM_STATE = threading.Condition()
+_WARM_FLAGS = {"stepping": False, "exiting": False}
+#: How long a process that exits during a warm-up step waits for it (seconds).
 EXIT_WAIT_S = 120.0
 #: then how long it waits for Qt's pool threads to leave their workers (ms)
 EXIT_POOL_WAIT_MS = 5000
 
 
 def _warm_up_in_worker() -> Generator[None, None, None]:
-    try:
-        yield from warm_up()
-    finally:
-        _WARM_THREAD_DONE.set()
+    """:func:`warm_up`, one step at a time, marking each step as running: a
+    worker stopped between steps (napari asks every worker to quit when the
+    application quits; superqt then leaves the generator suspended, never
+    finished) holds nothing the exit has to wait for."""
+    steps = warm_up()
+    while True:
+        with _WARM_STATE:
+            if _WARM_FLAGS["exiting"]:
+                return
+            _WARM_FLAGS["stepping"] = True
+        try:
+            next(steps)
+        except StopIteration:
+            return
+        finally:
+            with _WARM_STATE:
+                _WARM_FLAGS["stepping"] = False
+                _WARM_STATE.notify_all()
+        yield None
 
 
 def _wait_for_warm_up_at_exit() -> None:
     """An interpreter that shuts down while a worker thread is in the middle
     of importing torch aborts (torch's operator registry is torn down under
-    the import); the process waits for the warm-up instead. Qt's pool threads
-    are not joined by Python, and at exit no event loop delivers the worker's
-    ``finished`` signal, so this waits on an event the thread sets itself."""
-    if not _WARM_THREAD_DONE.wait(EXIT_WAIT_S):
-        _log.warning("the warm-up was still running after %.0f s at exit", EXIT_WAIT_S)
-        return
+    the import); the process waits for the step under way instead, and no
+    later step starts. Qt's pool threads are not joined by Python, and at exit
+    no event loop delivers the worker's signals, so this waits on a condition
+    the thread sets itself. (It used to wait for the whole warm-up to finish:
+    napari closed in its first seconds, whose worker it had quit between two
+    steps, kept the process waiting the full 120 s.)"""
+    with _WARM_STATE:
+        _WARM_FLAGS["exiting"] = True
+        if not _WARM_STATE.wait_for(lambda: not _WARM_FLAGS["stepping"], EXIT_WAIT_S):
+            _log.warning("the warm-up was still running after %.0f s at exit", EXIT_WAIT_S)
+            return
     # the generator is done, but its worker still emits ``finished`` from the
     # pool thread; interpreter shutdown deleting the signals' Qt object under
     # that emit aborted the process (SIGABRT, seen once in a loaded test run)
