@@ -178,9 +178,10 @@ def _wait_for_warm_up_at_exit() -> None:
         if not _WARM_STATE.wait_for(lambda: not _WARM_FLAGS["stepping"], EXIT_WAIT_S):
             _log.warning("the warm-up was still running after %.0f s at exit", EXIT_WAIT_S)
             return
-    # the generator is done, but its worker still emits ``finished`` from the
-    # pool thread; interpreter shutdown deleting the signals' Qt object under
-    # that emit aborted the process (SIGABRT, seen once in a loaded test run)
+    # no step runs now, but a worker still alive emits ``returned``/``finished``
+    # from the pool thread (its generator stops at the next step); interpreter
+    # shutdown deleting the signals' Qt object under that emit aborted the
+    # process (SIGABRT, seen once in a loaded test run)
     try:
         from qtpy.QtCore import QThreadPool
 
