@@ -104,8 +104,6 @@ def main() -> None:
     newest = max(models.rglob("config.json"), key=lambda p: p.stat().st_mtime)
     gui = json.loads(newest.read_text())["provenance"]
     viewer.dims.set_current_step(0, median + 2)
-    fit_docks(viewer)  # again at the window's real size, as the launcher's timer does
-    app.processEvents()
     if args.click and listed.count():
         listed.itemClicked.emit(listed.item(0))  # the signal a mouse click sends
         app.processEvents()

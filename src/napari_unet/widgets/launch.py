@@ -106,10 +106,11 @@ def fit_docks(viewer) -> None:
     """Size the docks so the image gets most of the window, also on a 1280x800 laptop.
 
     napari's layer docks on the left and the plugin's on the right get about a
-    fifth and a quarter of the width (the canvas keeps more than half); the
-    Segment dock is as tall as its fields and Fine-tune gets the rest, which
-    scrolls when the screen is shorter than its fields. Qt keeps every dock at
-    least as wide as its fields need.
+    fifth and a quarter of the width (the canvas keeps more than half). Qt
+    keeps every dock at least as wide as its fields need. The heights need no
+    sizing: the Segment widget asks for no more than its fields (its size
+    policy), so Fine-tune gets the rest of the column, and scrolls when the
+    screen is shorter than its fields.
     """
     from napari.plugins import menu_item_template
     from npe2 import PluginManager
@@ -131,11 +132,6 @@ def fit_docks(viewer) -> None:
         docks.append(ours[0])
         widths.append(_clamp(0.22 * width, 290, 420))
     main.resizeDocks(docks, widths, Qt.Orientation.Horizontal)
-    if len(ours) == 2:
-        segment = ours[0]
-        title = segment.titleBarWidget().sizeHint().height() if segment.titleBarWidget() else 0
-        wanted = segment.widget().sizeHint().height() + title + 16
-        main.resizeDocks(ours, [wanted, max(main.height() - wanted, 100)], Qt.Orientation.Vertical)
 
 
 def launch(file: str | None = None, sample: str = "retina", screenshot: str | None = None) -> int:
