@@ -116,6 +116,36 @@ def test_long_messages_wrap_instead_of_narrowing_the_canvas(make_napari_viewer, 
     assert tune.trusted_status.native.height() > tune.image.native.height()  # wrapped onto lines
 
 
+def test_messages_take_the_whole_width_of_the_dock(make_napari_viewer, qtbot, monkeypatch):
+    """A status line has no label of its own; it used to sit in the value
+    column of the labelled form at its 120-px minimum, wrapping every two
+    words ("done (image): / tumor 200201 / px, nerve ..." on six lines)."""
+    from napari_unet.widgets.launch import open_viewer
+
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    open_viewer(sample="lesion_scan", viewer=viewer)
+    qtbot.wait(300)
+    docks = viewer.window.dock_widgets
+    segment = next(w for k, w in docks.items() if k.startswith("Segment ("))
+    tune = next(w for k, w in docks.items() if k.startswith("Fine-tune ("))
+    segment.status.value = "done (image): tumor 200201 px, nerve 15020 px. No tumor found; if there is one, paint it"
+    tune.trusted_status.value = "trusted: 1234567 px on 123 slice(s) (1234567 px edited, 123 reviewed)"
+    qtbot.wait(50)
+    for widget, message in ((segment, segment.status), (tune, tune.trusted_status)):
+        left = message.native.mapTo(widget.native, message.native.rect().topLeft()).x()
+        assert left <= widget.image.native.mapTo(widget.native, widget.image.native.rect().topLeft()).x() // 2
+        assert message.native.width() >= 0.8 * widget.image.native.mapTo(
+            widget.native, widget.image.native.rect().topRight()).x()
+    line = segment.status.native.fontMetrics().lineSpacing()
+    assert segment.status.native.height() <= 3 * line + 8  # two or three lines, not six
+    segment.status.value = ""
+    segment.status.value = "done (image)"  # shown again: its row still has no label column
+    qtbot.wait(20)
+    assert segment.status.native.mapTo(segment.native, segment.status.native.rect().topLeft()).x() < 40
+
+
 def test_from_the_plugins_menu_segment_takes_its_height_and_fine_tune_the_rest(make_napari_viewer, qtbot):
     """Opened the usual napari way (Plugins menu, no launcher to size the docks),
     the Segment dock took all the spare height and left Fine-tune (the loop's

@@ -51,11 +51,22 @@ WRAP_MIN_WIDTH = 120
 
 def wrap_text(*labels: Any) -> None:
     """Let magicgui Labels wrap their text, never asking for more than
-    ``WRAP_MIN_WIDTH`` px of width (an explicit minimum overrides the hint)."""
+    ``WRAP_MIN_WIDTH`` px of width (an explicit minimum overrides the hint),
+    and fill the dock's width: a message with no label of its own also takes
+    the label column, which a labelled container keeps for every row (a
+    status in the value column alone wrapped every two words, six lines tall).
+    Call it after the labels are in their container."""
+    from qtpy.QtWidgets import QSizePolicy
+
     for label in labels:
         native = getattr(label, "native", label)
         native.setWordWrap(True)
         native.setMinimumWidth(WRAP_MIN_WIDTH)
+        native.setSizePolicy(QSizePolicy.Policy.Expanding, native.sizePolicy().verticalPolicy())
+        wrapper = label._labeled_widget() if hasattr(label, "_labeled_widget") else None
+        if wrapper is not None and not wrapper.label:
+            # hidden in Qt, so showing the row again (hide_when_empty) leaves it hidden
+            wrapper._label_widget.native.setVisible(False)
 
 
 def hide_when_empty(label: Any) -> None:
