@@ -144,6 +144,27 @@ def test_messages_take_the_whole_width_of_the_dock(make_napari_viewer, qtbot, mo
     segment.status.value = "done (image)"  # shown again: its row still has no label column
     qtbot.wait(20)
     assert segment.status.native.mapTo(segment.native, segment.status.native.rect().topLeft()).x() < 40
+    assert segment.status.native.height() < 2 * line  # one line again: the height follows the text
+
+
+def test_the_fine_tune_status_and_summary_show_when_they_have_something_to_say(make_napari_viewer, qtbot, monkeypatch):
+    """Hidden while empty, they were never shown again: magicgui's label has no
+    change signal, so the round's progress text and its summary stayed hidden."""
+    from napari_unet.widgets.launch import open_viewer
+
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")
+    viewer = make_napari_viewer(show=True)
+    open_viewer(sample="lesion_scan", viewer=viewer)
+    qtbot.wait(100)
+    tune = next(w for k, w in viewer.window.dock_widgets.items() if k.startswith("Fine-tune ("))
+    assert not tune.status.native.isVisible() and not tune.summary.native.isVisible()
+    tune.status.value = "starting…"
+    tune.summary.value = "Fine-tuned v0001: 0.000 -> 0.699"
+    qtbot.wait(20)
+    assert tune.status.native.isVisible() and tune.summary.native.isVisible()
+    tune.status.value = ""
+    qtbot.wait(20)
+    assert not tune.status.native.isVisible() and tune.summary.native.isVisible()
 
 
 def test_from_the_plugins_menu_segment_takes_its_height_and_fine_tune_the_rest(make_napari_viewer, qtbot):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compact_combos", "hide_when_empty", "make_scrollable", "section", "wrap_text"]
+from magicgui.widgets import Label
+
+__all__ = ["Message", "compact_combos", "hide_when_empty", "make_scrollable", "section", "wrap_text"]
 
 # A combobox as wide as its longest entry ("v0003: liver CT, 2nd round (yours,
 # current)") would widen the whole dock; this many characters show, the rest elide.
@@ -67,10 +69,50 @@ def wrap_text(*labels: Any) -> None:
         if wrapper is not None and not wrapper.label:
             # hidden in Qt, so showing the row again (hide_when_empty) leaves it hidden
             wrapper._label_widget.native.setVisible(False)
+        refit = _fit_height_to_width(native)
+        if hasattr(label, "changed"):
+            label.changed.connect(lambda *_, fit=refit: fit())
+
+
+def _fit_height_to_width(native: Any) -> Any:
+    """Keep a wrapped QLabel exactly as tall as its text at its current width.
+
+    Qt sizes a word-wrapped label's hint for its minimum width (two words a
+    line), and a dock sized from hints kept that height empty below a
+    two-line status. Returns the function that refits it (after a new text)."""
+    from qtpy.QtCore import QObject
+
+    def fit() -> None:
+        width = native.width()
+        if width > 0:
+            native.setMaximumHeight(max(native.heightForWidth(width), native.fontMetrics().lineSpacing()))
+
+    class _Refit(QObject):
+        def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+            if event.type() == event.Type.Resize:
+                fit()
+            return False
+
+    native._napari_unet_refit = _Refit(native)  # parented: lives and dies with the label
+    native.installEventFilter(native._napari_unet_refit)
+    return fit
+
+
+class Message(Label):
+    """A message line: a magicgui Label that emits ``changed`` when its text is set.
+
+    magicgui's Qt label has no change signal, so a plain Label's ``changed``
+    never fires; :func:`hide_when_empty` and :func:`wrap_text` follow the
+    text through it (before 0.9.13 the Fine-tune status line and round
+    summary, hidden while empty, were never shown again)."""
+
+    def set_value(self, value: Any) -> None:
+        super().set_value(value)
+        self.changed.emit(self.get_value())
 
 
 def hide_when_empty(label: Any) -> None:
-    """Hide a magicgui Label while its text is empty (an empty row still takes height)."""
+    """Hide a :class:`Message` while its text is empty (an empty row still takes height)."""
     label.visible = bool(label.value)
     label.changed.connect(lambda value: setattr(label, "visible", bool(value)))
 

@@ -27,7 +27,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSpinBox,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -49,6 +48,7 @@ from ._common import (
 )
 from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary
 from ._gate import GateMixin
+from ._layout import Message
 from ._review import ReviewNext, find_uncertainty_layer, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
 from .corrections import (
@@ -146,19 +146,19 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
 
         self.review_button = PushButton(text="Mark slice reviewed (Shift-R)")
         self.show_trusted_box = CheckBox(text="show trusted pixels", value=False)
-        self.trusted_status = Label(value="")
+        self.trusted_status = Message(value="")
         self.review_next = ReviewNext(viewer)
 
         self.finetune_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.add_class_button = PushButton(text="Add class", visible=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1000, visible=False)
-        self.status = Label(value="")
+        self.status = Message(value="")
 
-        self.gate_status = Label(value="", visible=False)
+        self.gate_status = Message(value="", visible=False)
         self.use_new_button = PushButton(text="Use new version", visible=False)
         self.keep_old_button = PushButton(text="Keep previous", visible=False)
-        self.summary = Label(value="")
+        self.summary = Message(value="")
 
         self.versions = ComboBox(label="versions", choices=self._version_choices)
         self.rollback_button = PushButton(text="Use this version")

@@ -25,7 +25,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     RadioButtons,
@@ -50,6 +49,7 @@ from ._common import (
     show_warning,
     warm_up_once,
 )
+from ._layout import Message
 from ._review import SCORES_KEY, DiscardMap, empty_map, show_uncertainty, store_slice_scores
 from ._turns import add_layer_in_turns, select_soon
 
@@ -199,7 +199,7 @@ class SegmentWidget(Container):
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
+        self.status = Message(value="")
         run_row = Container(widgets=[self.segment_button, self.cancel_button], layout="horizontal", labels=False)
         run_row.margins = (0, 0, 0, 0)
         self.extend(
