@@ -6,7 +6,7 @@ only when a function is first called, so napari starts fast.
 
 from __future__ import annotations
 
-__version__ = "0.9.12"
+__version__ = "0.9.13"
 
 __all__ = ["__version__", "load_model", "predict", "save_model"]
 
