@@ -146,6 +146,22 @@ def test_messages_take_the_whole_width_of_the_dock(make_napari_viewer, qtbot, mo
     assert segment.status.native.mapTo(segment.native, segment.status.native.rect().topLeft()).x() < 40
     assert segment.status.native.height() < 2 * line  # one line again: the height follows the text
 
+    # the Review next list also takes the whole width (its entries end in "· near 15")
+    import numpy as np
+
+    from napari_unet.widgets._review import store_slice_scores
+
+    image = viewer.layers[0]
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="result",
+                               metadata={"napari_unet": {"role": "segmentation", "image_layer": image.name}})
+    tune.reset_choices()
+    tune.labels_layer.value = labels
+    store_slice_scores(labels, np.linspace(0.1, 0.9, image.data.shape[0]))
+    qtbot.wait(50)
+    listed = tune.review_next.list
+    assert listed.isVisible() and listed.count() == 5
+    assert listed.mapTo(tune.native, listed.rect().topLeft()).x() < 40
+
 
 def test_the_fine_tune_status_and_summary_show_when_they_have_something_to_say(make_napari_viewer, qtbot, monkeypatch):
     """Hidden while empty, they were never shown again: magicgui's label has no

@@ -12,7 +12,7 @@ from typing import Any
 
 from magicgui.widgets import Label
 
-__all__ = ["Message", "compact_combos", "hide_when_empty", "make_scrollable", "section", "wrap_text"]
+__all__ = ["Message", "compact_combos", "full_width", "hide_when_empty", "make_scrollable", "section", "wrap_text"]
 
 # A combobox as wide as its longest entry ("v0003: liver CT, 2nd round (yours,
 # current)") would widen the whole dock; this many characters show, the rest elide.
@@ -65,13 +65,20 @@ def wrap_text(*labels: Any) -> None:
         native.setWordWrap(True)
         native.setMinimumWidth(WRAP_MIN_WIDTH)
         native.setSizePolicy(QSizePolicy.Policy.Expanding, native.sizePolicy().verticalPolicy())
-        wrapper = label._labeled_widget() if hasattr(label, "_labeled_widget") else None
-        if wrapper is not None and not wrapper.label:
-            # hidden in Qt, so showing the row again (hide_when_empty) leaves it hidden
-            wrapper._label_widget.native.setVisible(False)
+        full_width(label)
         refit = _fit_height_to_width(native)
         if hasattr(label, "changed"):
             label.changed.connect(lambda *_, fit=refit: fit())
+
+
+def full_width(*widgets: Any) -> None:
+    """Let magicgui widgets without a label of their own take their row's label
+    column too (a labelled container keeps that column empty for them)."""
+    for widget in widgets:
+        wrapper = widget._labeled_widget() if hasattr(widget, "_labeled_widget") else None
+        if wrapper is not None and not wrapper.label:
+            # hidden in Qt, so showing the row again (hide_when_empty) leaves it hidden
+            wrapper._label_widget.native.setVisible(False)
 
 
 def _fit_height_to_width(native: Any) -> Any:

@@ -175,7 +175,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             widgets=[self.use_new_button, self.keep_old_button], layout="horizontal", labels=False, visible=False
         )
 
-        from ._layout import compact_combos, hide_when_empty, make_scrollable, section, wrap_text
+        from ._layout import compact_combos, full_width, hide_when_empty, make_scrollable, section, wrap_text
         from .plot import TrainingPlot
 
         self.plot = TrainingPlot(budget=float(self.budget.value))
@@ -198,6 +198,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         for box in (self.plot_section, self.versions_section, self.advanced_section):
             layout.addWidget(box)
         wrap_text(self.status, self.summary, self.gate_status, self.trusted_status)
+        full_width(self.review_next)
         for row in (run_row, self.gate_row):
             row.margins = (0, 0, 0, 0)
         for widget in (self.status, self.summary):  # an empty message takes no row
