@@ -175,7 +175,14 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             widgets=[self.use_new_button, self.keep_old_button], layout="horizontal", labels=False, visible=False
         )
 
-        from ._layout import compact_combos, full_width, hide_when_empty, make_scrollable, section, wrap_text
+        from ._layout import (
+            compact_combos,
+            full_width,
+            hide_when_empty,
+            make_scrollable,
+            section,
+            wrap_text,
+        )
         from .plot import TrainingPlot
 
         self.plot = TrainingPlot(budget=float(self.budget.value))
