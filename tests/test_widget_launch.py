@@ -109,11 +109,13 @@ def test_long_messages_wrap_instead_of_narrowing_the_canvas(make_napari_viewer, 
     tune = next(w for k, w in docks.items() if k.startswith("Fine-tune ("))
     before = canvas.width(), segment.native.minimumSizeHint().width(), tune.native.minimumSizeHint().width()
     segment.status.value = "done (image): tumor 123456 px, nerve 654321 px, vessel 1234567 px"
-    tune.trusted_status.value = "trusted: 1234567 px on 123 slice(s) (1234567 px edited, 123 reviewed)"
+    tune.trusted_status.value = ("trusted: 1234567 px on 123 slice(s) (1234567 px edited, 123 reviewed); "
+                                 "a second sentence as long, so that it cannot fit on one line of the dock")
     qtbot.wait(50)
     after = canvas.width(), segment.native.minimumSizeHint().width(), tune.native.minimumSizeHint().width()
     assert after == before
-    assert tune.trusted_status.native.height() > tune.image.native.height()  # wrapped onto lines
+    line = tune.trusted_status.native.fontMetrics().lineSpacing()
+    assert tune.trusted_status.native.height() >= 2 * line  # wrapped onto lines, all of them shown
 
 
 def test_messages_take_the_whole_width_of_the_dock(make_napari_viewer, qtbot, monkeypatch):
