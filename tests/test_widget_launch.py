@@ -77,6 +77,17 @@ def test_the_window_is_kept_on_a_small_screen_and_fills_it(launched):
         assert main.frameGeometry().height() == area.height()
 
 
+def test_the_folded_sections_do_not_widen_the_fine_tune_dock(launched):
+    """Advanced's check boxes, folded away, set the whole column's width: their
+    long texts made Fine-tune 407 px wide where Segment needs 261, and the
+    canvas got 47 % of a 1280x800 window instead of 56 %."""
+    docks = launched.window.dock_widgets
+    segment = next(w for k, w in docks.items() if k.startswith("Segment ("))
+    tune = next(w for k, w in docks.items() if k.startswith("Fine-tune ("))
+    assert not tune.advanced_section.isExpanded()
+    assert tune.native.minimumSizeHint().width() <= 1.25 * segment.native.minimumSizeHint().width()
+
+
 def test_a_scrolling_dock_widens_with_its_fields(qtbot):
     from magicgui.widgets import Container, Label
 

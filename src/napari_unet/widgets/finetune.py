@@ -123,20 +123,20 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.keep_connected = CheckBox(
-            text="keep only regions connected to my corrections", value=True,
-            tooltip="in a stack, after a round: a predicted region that touches no pixel you corrected "
-            "as its class (through the slices) becomes background",
+            text="keep regions touching corrections", value=True,
+            tooltip="keep only regions connected to my corrections: in a stack, after a round, a predicted "
+            "region that touches no pixel you corrected as its class (through the slices) becomes background",
         )
         self.widen = CheckBox(
-            text="widen them with less certain pixels", value=True,
+            text="widen with less certain pixels", value=True,
             tooltip="pixels the new model gives at least 15 % of a class, next to a region kept for that "
             "class, join it (never across a pixel you trusted); off: the model's plain labels",
         )
         self.keep_connected.changed.connect(lambda value: setattr(self.widen, "enabled", bool(value)))
         self.restart = CheckBox(
-            text="each round retrains the first model on all corrections", value=True,
-            tooltip="on: every round starts again from the model this layer was segmented with, and "
-            "learns every correction so far (continuing the last round's model undid earlier rounds "
+            text="retrain the first model", value=True,
+            tooltip="each round retrains the first model on all corrections. On: every round starts again "
+            "from the model this layer was segmented with, and learns every correction so far (continuing the last round's model undid earlier rounds "
             "on real scans); off: each round continues the last round's model",
         )
         self.advanced = Container(
