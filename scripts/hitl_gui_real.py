@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "finetune-real-round.png")
     parser.add_argument("--window", default="1280x800", help="window size WxH (the Review next list is "
                         "below the fold at 1280x800)")
+    parser.add_argument("--mid", type=float, default=None, metavar="SECONDS",
+                        help="also a picture this many seconds into the round (OUT with -mid before the suffix)")
     parser.add_argument("--click", action="store_true",
                         help="after the round, click the list's first entry; the picture shows that slice")
     args = parser.parse_args()
@@ -93,6 +95,15 @@ def main() -> None:
     print("trusted:", tracker.summary())
     start = time.perf_counter()
     tune.finetune()
+    if args.mid is not None:
+        from make_screenshots import run_loop
+
+        run_loop(app, args.mid)
+        mid = args.out.with_name(args.out.stem + "-mid" + args.out.suffix)
+        mid.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(mid), canvas_only=False)
+        print(f"wrote {mid} ({args.mid:.0f} s in: {tune.status.value!r}, progress shown: "
+              f"{tune.progress.native.isVisible()})")
     wait(tune, app)
     gui_wall = time.perf_counter() - start
     print("fine-tune:", tune.status.value)

@@ -77,6 +77,39 @@ def test_the_window_is_kept_on_a_small_screen_and_fills_it(launched):
         assert main.frameGeometry().height() == area.height()
 
 
+def test_a_round_brings_its_progress_and_then_its_summary_into_view(make_napari_viewer, qtbot, monkeypatch):
+    """On a 1280x800 screen the Fine-tune dock scrolls, and the round's progress
+    bar and status line (and at the end its summary) sat below the fold."""
+    from napari_unet.widgets.launch import open_viewer
+
+    monkeypatch.setenv("NAPARI_UNET_SYNC", "1")
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1000, 520)
+    open_viewer(sample="lesion_scan", viewer=viewer)
+    tune = next(w for k, w in viewer.window.dock_widgets.items() if k.startswith("Fine-tune ("))
+    tune.versions_section.expand(animate=False)  # a taller dock than the window
+    qtbot.wait(200)
+    scroll = tune._scroll
+    assert scroll.verticalScrollBar().maximum() > 0 and scroll.verticalScrollBar().value() == 0
+
+    def in_view(widget) -> bool:
+        native = widget.native
+        top = native.mapTo(scroll.viewport(), native.rect().topLeft()).y()
+        return native.isVisible() and top >= 0 and top + native.height() <= scroll.viewport().height()
+
+    assert not in_view(tune.progress)
+    tune.status.value = "starting…"  # as Fine-tune does, then the round runs
+    tune._set_running(True)
+    qtbot.waitUntil(lambda: in_view(tune.status) and in_view(tune.progress), timeout=2000)
+    tune._set_running(False)
+    scroll.verticalScrollBar().setValue(0)
+    tune.summary.value = "Round done in 61 s (200 steps): learned from 1234 trusted px on 3 slice(s)."
+    from napari_unet.widgets._layout import bring_into_view
+
+    bring_into_view(scroll, tune.summary)  # what the end of a round does
+    qtbot.waitUntil(lambda: in_view(tune.summary), timeout=2000)
+
+
 def test_the_folded_sections_do_not_widen_the_fine_tune_dock(launched):
     """Advanced's check boxes, folded away, set the whole column's width: their
     long texts made Fine-tune 407 px wide where Segment needs 261, and the

@@ -12,7 +12,10 @@ from typing import Any
 
 from magicgui.widgets import Label
 
-__all__ = ["Message", "compact_combos", "full_width", "hide_when_empty", "make_scrollable", "section", "wrap_text"]
+__all__ = [
+    "Message", "bring_into_view", "compact_combos", "full_width", "hide_when_empty", "make_scrollable", "section",
+    "wrap_text",
+]
 
 # A combobox as wide as its longest entry ("v0003: liver CT, 2nd round (yours,
 # current)") would widen the whole dock; this many characters show, the rest elide.
@@ -179,3 +182,22 @@ def make_scrollable(container: Any) -> Any:
     box.setContentsMargins(0, 0, 0, 0)
     box.addWidget(scroll)
     return scroll
+
+
+def bring_into_view(scroll: Any, widget: Any) -> None:
+    """Scroll ``scroll`` (from :func:`make_scrollable`) so that ``widget``
+    (magicgui or Qt) is in view, once the layout has placed it: a round's
+    progress bar and status line sat below the fold of a 1280x800 window, and
+    its summary too."""
+    from qtpy.QtCore import QTimer
+
+    native = getattr(widget, "native", widget)
+
+    def show() -> None:
+        try:
+            if native.isVisible():
+                scroll.ensureWidgetVisible(native, 0, 8)
+        except RuntimeError:  # the dock was closed meanwhile
+            pass
+
+    QTimer.singleShot(0, show)

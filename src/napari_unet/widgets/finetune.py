@@ -48,7 +48,7 @@ from ._common import (
 )
 from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary
 from ._gate import GateMixin
-from ._layout import Message
+from ._layout import Message, bring_into_view
 from ._review import ReviewNext, find_uncertainty_layer, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
 from .corrections import (
@@ -212,7 +212,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             hide_when_empty(widget)
         compact_combos(self.image, self.labels_layer, self.model, self.lr_preset, self.versions)
         self.margins = (4, 4, 4, 4)
-        make_scrollable(self)
+        self._scroll = make_scrollable(self)
 
         self.budget.changed.connect(lambda v: self.plot.set_budget(float(v)))
         self.image.changed.connect(self._on_image_choice)
@@ -452,8 +452,8 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             "layer": self.labels_layer.value,
             "previous": np.asarray(self.labels_layer.value.data).copy(),
         }
-        self._set_running(True)
         self.status.value = "starting…"
+        self._set_running(True)
         worker = run_generator(
             finetune_job, request, self.store, self._replay, self._cancel,
             on_yield=self._on_event, on_return=self._on_result,
@@ -515,6 +515,8 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         self.finetune_button.enabled = not running
         self.cancel_button.enabled = running
         self.progress.visible = running
+        if running:  # the status line, and the progress bar above it, in view
+            bring_into_view(self._scroll, self.status)
 
     def _on_result(self, outcome: FinetuneOutcome) -> None:
         self._job["outcome"] = outcome.status
@@ -615,6 +617,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         if outcome.removed_text:
             self.summary.value += f" In the new labels: {outcome.removed_text}."
         self.status.value = "done: labels updated (your corrections kept as they are)"
+        bring_into_view(self._scroll, self.summary)
         show_info(f"Fine-tuned {outcome.version.id}: {_headline(result)}.")
 
 
