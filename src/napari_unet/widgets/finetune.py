@@ -48,7 +48,16 @@ from ._common import (
 )
 from ._finetune_job import FinetuneOutcome, FinetuneRequest, finetune_job, round_summary
 from ._gate import GateMixin
-from ._layout import Message, bring_into_view
+from ._layout import (
+    Message,
+    bring_into_view,
+    compact_combos,
+    full_width,
+    hide_when_empty,
+    make_scrollable,
+    section,
+    wrap_text,
+)
 from ._review import ReviewNext, find_uncertainty_layer, refresh_uncertainty, store_slice_scores
 from ._versions import VersionsMixin
 from .corrections import (
@@ -136,8 +145,9 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
         self.restart = CheckBox(
             text="retrain the first model", value=True,
             tooltip="each round retrains the first model on all corrections. On: every round starts again "
-            "from the model this layer was segmented with, and learns every correction so far (continuing the last round's model undid earlier rounds "
-            "on real scans); off: each round continues the last round's model",
+            "from the model this layer was segmented with, and learns every correction so far (continuing "
+            "the last round's model undid earlier rounds on real scans); off: each round continues the last "
+            "round's model",
         )
         self.advanced = Container(
             widgets=[self.steps, self.device, self.seed, self.restart, self.keep_connected, self.widen]
@@ -175,14 +185,6 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             widgets=[self.use_new_button, self.keep_old_button], layout="horizontal", labels=False, visible=False
         )
 
-        from ._layout import (
-            compact_combos,
-            full_width,
-            hide_when_empty,
-            make_scrollable,
-            section,
-            wrap_text,
-        )
         from .plot import TrainingPlot
 
         self.plot = TrainingPlot(budget=float(self.budget.value))

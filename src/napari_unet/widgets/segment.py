@@ -49,7 +49,7 @@ from ._common import (
     show_warning,
     warm_up_once,
 )
-from ._layout import Message
+from ._layout import Message, compact_combos, wrap_text
 from ._review import SCORES_KEY, DiscardMap, empty_map, show_uncertainty, store_slice_scores
 from ._turns import add_layer_in_turns, select_soon
 
@@ -206,8 +206,6 @@ class SegmentWidget(Container):
             [self.image, self.model, self.model_folder, self.device, self.zoom, self.scope, self.show_uncertainty,
              run_row, self.progress, self.status]
         )
-        from ._layout import compact_combos, wrap_text
-
         wrap_text(self.status)
 
         compact_combos(self.image, self.model, self.device)
