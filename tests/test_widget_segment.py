@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_unet.widgets._turns import turns_pending
-from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_SLICE, SegmentWidget
+from napari_unet.widgets.segment import FOLDER_CHOICE, SCOPE_ALL, SCOPE_SLICE, SegmentWidget
 
 
 @pytest.fixture
@@ -92,6 +92,11 @@ def test_segment_only_the_slice_on_screen(widget, qtbot):
     labels = viewer.layers["stack segmentation"]
     assert labels.data.shape == (5, 30, 40)
     assert "tile" not in w.status.value
+    assert " px" in w.status.value and "voxels" not in w.status.value  # one plane: pixels
+    w.scope.value = SCOPE_ALL
+    w.segment()
+    _wait(qtbot, w)
+    assert "done (image)" in w.status.value and " voxels" in w.status.value and " px" not in w.status.value
 
 
 def test_cancel_changes_nothing(widget, qtbot):

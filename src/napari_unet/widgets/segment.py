@@ -339,7 +339,8 @@ class SegmentWidget(Container):
         where = f"slice {plane}" if plane is not None else "image"
         if isinstance(labels, np.ndarray):
             counts = {c.name: int((labels == c.id).sum()) for c in config.classes if c.id}
-            self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} px" for k, v in counts.items())
+            unit = "voxels" if labels.ndim == 3 else "px"  # a whole stack, or one plane
+            self.status.value = f"done ({where}): " + ", ".join(f"{k} {v} {unit}" for k, v in counts.items())
             missing = [k for k, v in counts.items() if v == 0]
             if missing:  # what to do next, rather than an empty layer and no word (a healthy scan has none)
                 where_to = "on one slice " if len(job["spatial"]) == 3 else ""
