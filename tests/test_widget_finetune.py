@@ -186,8 +186,13 @@ def test_regression_gate_lets_the_user_choose(scene, sync, notes, monkeypatch, m
         return PromotionDecision(False, candidate.id, previous, 0.25, 0.75, "worse", metric)
 
     monkeypatch.setattr(type(widget.store), "promote", reject)
+    import napari_unet.widgets.finetune as finetune_widget
+
+    scrolled_to = []
+    monkeypatch.setattr(finetune_widget, "bring_into_view", lambda scroll, what: scrolled_to.append(what))
     widget.finetune()
     assert _shown(widget.gate_status) and _shown(widget.use_new_button)
+    assert scrolled_to[-1] is widget.gate_row  # the choice is scrolled into view, not below the fold
     assert "0.250" in widget.gate_status.value and "0.750" in widget.gate_status.value
     assert f"0.250 ({metric})" in widget.gate_status.value
     assert any(f"({metric}: 0.250 vs 0.750)" in text for level, text in notes if level == "show_warning")

@@ -559,6 +559,7 @@ class FinetuneWidget(GateMixin, VersionsMixin, Container):
             )
             self._show_gate(True)
             self.status.value = "the new version is worse than the previous one: your choice"
+            bring_into_view(self._scroll, self.gate_row)  # the choice the notification points to
             show_warning(
                 f"The fine-tuned version is worse than the previous one ({metric}: {_fmt(after)} vs "
                 f"{_fmt(before)}); it was saved but not used. Choose in the widget."
