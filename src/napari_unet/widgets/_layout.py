@@ -60,7 +60,9 @@ def wrap_text(*labels: Any) -> None:
     and fill the dock's width: a message with no label of its own also takes
     the label column, which a labelled container keeps for every row (a
     status in the value column alone wrapped every two words, six lines tall).
-    Call it after the labels are in their container."""
+    A :class:`Message` is also kept as tall as its text (a plain Label's text
+    changes are not signalled, so its height is left to Qt). Call it after
+    the labels are in their container."""
     from qtpy.QtWidgets import QSizePolicy
 
     for label in labels:
@@ -69,8 +71,8 @@ def wrap_text(*labels: Any) -> None:
         native.setMinimumWidth(WRAP_MIN_WIDTH)
         native.setSizePolicy(QSizePolicy.Policy.Expanding, native.sizePolicy().verticalPolicy())
         full_width(label)
-        refit = _fit_height_to_width(native)
-        if hasattr(label, "changed"):
+        if isinstance(label, Message):  # a fitted height must follow every new text, or it clips
+            refit = _fit_height_to_width(native)
             label.changed.connect(lambda *_, fit=refit: fit())
 
 
